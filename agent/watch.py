@@ -94,6 +94,7 @@ class Watcher:
 
     options: WatchOptions
     out: Callable[[str], None] = print
+    on_dispatch: Callable[[p.Dispatch], None] | None = None
     backoff: Backoff = field(default_factory=Backoff)
     rng: Callable[[], float] = random.random
     last_seq: int | None = None
@@ -111,7 +112,9 @@ class Watcher:
             self._seen = {s for s in self._seen if s >= cutoff}
         self.last_seq = seq if self.last_seq is None else max(self.last_seq, seq)
         self.received += 1
-        if self.options.json_output:
+        if self.on_dispatch is not None:
+            self.on_dispatch(event.dispatch)
+        elif self.options.json_output:
             obj = {
                 "op": 5,
                 "d": event.dispatch.d,
