@@ -1,0 +1,1 @@
+"""Streaming, causal, block-wise processing of raw sensor samples into the seed's data types."""

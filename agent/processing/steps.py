@@ -1,0 +1,313 @@
+"""Streaming step detection from a raw accelerometer of any orientation, rate and timing.
+
+Theory of operation (every stage is causal and carries its state across ``feed`` calls, so the
+result does not depend on how the stream is cut into blocks):
+
+1. **Resample.** The acceleration magnitude ``|a|`` (orientation-free: the device may sit in a
+   pocket, a hand, a strap) is linearly interpolated onto a fixed internal grid (50 Hz by default)
+   anchored at the first sample. Irregular timestamps, bursts and rates from 25 Hz up all look the
+   same after this. A silence longer than ``max_gap_s`` ends the segment: what is pending is
+   settled, filter state is dropped and the next sample starts a fresh segment, so no step is ever
+   interpolated across a hole.
+2. **Band-pass.** A Butterworth band-pass around the plausible step frequencies (0.5–3 Hz: slow
+   shuffles to a brisk walk's cadence; a run's steps still pass at reduced gain) removes gravity
+   and the high-frequency impact ringing. It is run
+   with ``scipy.signal.sosfilt`` and carried ``zi`` state, initialised at the steady state of the
+   first sample so the gravity step does not ring into fake steps at the start.
+3. **Peak candidates.** Each heel strike produces one dominant peak of the filtered magnitude.
+   Peaks are found with ``scipy.signal.find_peaks`` on a short look-back buffer and accepted once
+   the stream has moved ``settle_s`` past them (their prominence is then fully known); that is the
+   detector's bounded confirmation delay. A peak must rise above a fraction of the *running*
+   amplitude of the signal (an exponential RMS), so the threshold follows a stroll and a sprint
+   alike, plus a small absolute floor that rest noise never reaches.
+4. **Refractory interval.** Two peaks closer than the current minimum interval (a fixed fraction
+   of the current step period, never below the ~3.5 steps/s a human reaches) are one step: the
+   more prominent wins. This removes the double bump of heel strike and toe-off.
+5. **Walking-bout gate.** A step is only counted once ``bout_min_steps`` peaks occur with plausible
+   and mutually consistent intervals; the buffered ones are then counted retroactively. Isolated
+   bumps (putting the phone down, a door, a sit-to-stand) never form such a train, yet the first
+   steps of a real walk are not lost. While walking, each further peak within the bout's time-out
+   counts directly.
+
+Step times are reported as the time of the filtered peak minus the band-pass filter's phase delay
+at a typical cadence (2 steps/s), which puts them close to the heel strike.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import signal
+
+FloatArray: TypeAlias = NDArray[np.float64]
+
+_EMPTY = np.zeros(0, dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class StepDetectorConfig:
+    """Tuning of :class:`StepDetector`. Defaults come from the physics of human walking.
+
+    Attributes:
+        fs_hz: internal resampling rate. 50 Hz keeps ~15x headroom over the step frequency and is
+            reachable from any source at 25 Hz or more.
+        band_hz: pass band of the step filter; human cadence is ~0.5-3.5 steps/s.
+        filter_order: Butterworth order of each band edge (low order = little ringing, small delay).
+        max_gap_s: a silence longer than this resets the filter (no steps invented across it).
+        settle_s: how long after a peak the detector waits before judging it (confirmation delay).
+        rel_prominence: a peak must stand out by this fraction of the running RMS amplitude...
+        min_prominence: ...and by at least this much in m/s² (rest and handling noise stay below).
+        amp_tau_s: time constant of the running RMS amplitude (a few steps).
+        min_interval_s: absolute minimum step interval (3.5 steps/s is beyond a sprint cadence).
+        refractory_frac: minimum interval as a fraction of the current step period.
+        max_interval_s: a pause longer than this ends a walking bout (0.5 steps/s).
+        bout_min_steps: steps that must form a consistent train before any is counted.
+        rhythm_tolerance: relative deviation of a step interval from the current period that
+            still counts as the same walk (gait is rhythmic: stride-to-stride variation is a few
+            percent, left/right asymmetry a little more; handling motions are not rhythmic).
+    """
+
+    fs_hz: float = 50.0
+    band_hz: tuple[float, float] = (0.5, 3.0)
+    filter_order: int = 2
+    max_gap_s: float = 1.5
+    settle_s: float = 0.8
+    rel_prominence: float = 0.3
+    min_prominence: float = 0.3
+    amp_tau_s: float = 3.0
+    min_interval_s: float = 0.28
+    refractory_frac: float = 0.6
+    max_interval_s: float = 2.0
+    bout_min_steps: int = 5
+    rhythm_tolerance: float = 0.4
+
+
+class StepDetector:
+    """Causal, block-wise step detector; see the module docstring for the algorithm.
+
+    ``feed`` returns the times (Unix s) of steps newly confirmed by that block; a step is
+    confirmed at most about ``settle_s`` + one step interval after it happens, or, for the first
+    steps of a walk, when the walking-bout gate opens.
+    """
+
+    def __init__(self, config: StepDetectorConfig | None = None) -> None:
+        self.config = cfg = config or StepDetectorConfig()
+        if cfg.fs_hz < 10 or cfg.band_hz[1] >= cfg.fs_hz / 2 or cfg.band_hz[0] <= 0:
+            raise ValueError(f"inconsistent rates: fs_hz={cfg.fs_hz}, band_hz={cfg.band_hz}")
+        self._dt = 1.0 / cfg.fs_hz
+        self._sos: FloatArray = signal.butter(
+            cfg.filter_order, cfg.band_hz, btype="bandpass", fs=cfg.fs_hz, output="sos"
+        )
+        self._zi0: FloatArray = signal.sosfilt_zi(self._sos)
+        self._amp_a = math.exp(-self._dt / cfg.amp_tau_s)
+        self._settle_n = max(2, round(cfg.settle_s * cfg.fs_hz))
+        self._wlen = 2 * self._settle_n + 1
+        # phase delay of the band-pass at a typical step frequency (2 steps/s): subtracting it
+        # puts reported times near the heel strike. Constant on purpose: a cadence-dependent
+        # correction would make results depend on where the stream was cut into blocks.
+        f0 = 2.0
+        _, h = signal.sosfreqz(self._sos, worN=[f0], fs=cfg.fs_hz)
+        self._delay_s = max(0.0, -float(np.angle(h[0])) / (2 * math.pi * f0))
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget everything (start of a new stream)."""
+        self._last_t: float | None = None
+        self._last_m = 0.0
+        self._reset_segment()
+        self._amp2 = 0.0
+        # refractory stage: (time, prominence) of the peak awaiting its refractory window
+        self._pending: tuple[float, float] | None = None
+        # bout gate
+        self._walking = False
+        self._bout: list[float] = []
+        self._last_step: float | None = None
+        self._intervals: deque[float] = deque(maxlen=8)
+        self._period = 0.55
+
+    def _reset_segment(self) -> None:
+        self._anchor: float | None = None  # time of grid index 0 of this segment
+        self._k_next = 0  # next grid index to produce
+        self._zi: FloatArray | None = None
+        self._buf_y: FloatArray = _EMPTY
+        self._buf_thr: FloatArray = _EMPTY
+        self._buf_k0 = 0  # grid index of _buf_y[0]
+        self._k_done = -1  # peaks at grid index <= this have been judged
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def cadence(self) -> float:
+        """Current cadence estimate in steps per second (0 when not walking)."""
+        if not self._walking or not self._intervals:
+            return 0.0
+        return 1.0 / float(np.median(np.asarray(self._intervals)))
+
+    def cadence_at(self, t: float) -> float:
+        """Cadence at time ``t``: decays to 0 once no step has been seen for a bout time-out."""
+        if self._last_step is None or t - self._last_step > self._timeout():
+            return 0.0
+        return self.cadence
+
+    def feed(self, t: FloatArray, xyz: FloatArray) -> FloatArray:
+        """Process one block of samples; return the times of steps confirmed by it."""
+        t = np.asarray(t, dtype=np.float64).reshape(-1)
+        xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+        if t.shape[0] != xyz.shape[0]:
+            raise ValueError(f"{t.shape[0]} timestamps but {xyz.shape[0]} samples")
+        m = np.sqrt(np.einsum("ij,ij->i", xyz, xyz))
+        ok = np.isfinite(t) & np.isfinite(m)
+        if not ok.all():
+            t, m = t[ok], m[ok]
+        out: list[float] = []
+        if t.size == 0:
+            return _EMPTY
+        # keep strictly increasing timestamps only (duplicates/out-of-order are dropped)
+        prev = -math.inf if self._last_t is None else self._last_t
+        keep = t > np.maximum.accumulate(np.concatenate(([prev], t[:-1])))
+        if not keep.all():
+            t, m = t[keep], m[keep]
+        if t.size == 0:
+            return _EMPTY
+        # split at gaps: a silence longer than max_gap_s starts a new segment
+        edges = np.diff(np.concatenate(([prev], t)))
+        cuts = np.flatnonzero(edges > self.config.max_gap_s).tolist()
+        bounds = sorted({0, *cuts, t.size})
+        for s, e in itertools.pairwise(bounds):
+            if s in cuts and self._anchor is not None:
+                self._settle(math.inf, out)
+                self._reset_segment()
+            self._segment(t[s:e], m[s:e], out)
+        return np.asarray(out, dtype=np.float64)
+
+    def flush(self) -> FloatArray:
+        """End of stream: judge every buffered peak and count a pending bout if it qualifies."""
+        out: list[float] = []
+        if self._anchor is not None:
+            self._settle(math.inf, out)
+        if self._pending is not None:
+            self._commit(self._pending[0], out)
+            self._pending = None
+        self._reset_segment()
+        return np.asarray(out, dtype=np.float64)
+
+    # ------------------------------------------------------------------ stages
+    def _segment(self, t: FloatArray, m: FloatArray, out: list[float]) -> None:
+        if self._anchor is None:
+            self._anchor = float(t[0])
+            self._k_next = 0
+            self._zi = self._zi0 * m[0]
+            tt, mm = t, m
+        else:
+            assert self._last_t is not None
+            tt = np.concatenate(([self._last_t], t))
+            mm = np.concatenate(([self._last_m], m))
+        self._last_t, self._last_m = float(t[-1]), float(m[-1])
+        k_end = math.floor((tt[-1] - self._anchor) * self.config.fs_hz + 1e-9)
+        if k_end < self._k_next:
+            return
+        k = np.arange(self._k_next, k_end + 1)
+        grid = self._anchor + k * self._dt
+        x = np.interp(grid, tt, mm)
+        self._k_next = k_end + 1
+        y, self._zi = signal.sosfilt(self._sos, x, zi=self._zi)
+        # running mean square (EMA of y^2), carried across blocks
+        a = self._amp_a
+        p2, _ = signal.lfilter([1 - a], [1, -a], y * y, zi=[a * self._amp2])
+        self._amp2 = float(p2[-1])
+        thr = np.maximum(self.config.min_prominence, self.config.rel_prominence * np.sqrt(p2))
+        self._buf_y = np.concatenate((self._buf_y, y))
+        self._buf_thr = np.concatenate((self._buf_thr, thr))
+        self._settle(float(k_end - self._settle_n), out)
+
+    def _settle(self, k_horizon: float, out: list[float]) -> None:
+        """Judge peaks with grid index in (k_done, k_horizon]; trim the look-back buffer."""
+        y = self._buf_y
+        if y.size < 3 or self._anchor is None:
+            return
+        peaks, props = signal.find_peaks(y, prominence=0.0, wlen=self._wlen)
+        kk = peaks + self._buf_k0
+        sel = (kk > self._k_done) & (kk <= k_horizon)
+        prom = props["prominences"][sel]
+        pk = peaks[sel]
+        good = prom >= self._buf_thr[pk]
+        delay = self._delay_s
+        for p, pr in zip(pk[good].tolist(), prom[good].tolist(), strict=True):
+            tp = self._anchor + (p + self._buf_k0) * self._dt - delay
+            self._refractory(tp, pr, out)
+        if math.isinf(k_horizon):
+            self._k_done = self._buf_k0 + y.size - 1
+        else:
+            self._k_done = max(self._k_done, int(k_horizon))
+        # the pending peak is final once its refractory window has passed
+        now = self._anchor + (self._buf_k0 + y.size - 1 - self._settle_n) * self._dt - delay
+        if self._pending is not None and now - self._pending[0] >= self._min_interval():
+            self._commit(self._pending[0], out)
+            self._pending = None
+        # keep enough history for the prominence window of not yet judged peaks
+        drop = self._k_done - self._buf_k0 - self._wlen
+        if drop > 0:
+            self._buf_y = y[drop:]
+            self._buf_thr = self._buf_thr[drop:]
+            self._buf_k0 += drop
+
+    def _min_interval(self) -> float:
+        cfg = self.config
+        return max(cfg.min_interval_s, cfg.refractory_frac * self._period)
+
+    def _timeout(self) -> float:
+        return min(self.config.max_interval_s, max(1.0, 3.0 * self._period))
+
+    def _refractory(self, tp: float, prom: float, out: list[float]) -> None:
+        if self._pending is not None:
+            if tp - self._pending[0] < self._min_interval():
+                if prom > self._pending[1]:
+                    self._pending = (tp, prom)
+                return
+            self._commit(self._pending[0], out)
+        self._pending = (tp, prom)
+
+    def _commit(self, ts: float, out: list[float]) -> None:
+        """Walking-bout gate: count a step directly while walking, else buffer the train."""
+        cfg = self.config
+        if self._walking and self._last_step is not None:
+            iv = ts - self._last_step
+            if iv <= min(cfg.max_interval_s, (1 + cfg.rhythm_tolerance) * self._period):
+                self._observe(iv)
+                self._last_step = ts
+                out.append(ts)
+                return
+            # the rhythm broke: this peak may start a new walk, it must earn its place again
+            self._walking = False
+            self._bout = []
+        if self._bout and ts - self._bout[-1] > cfg.max_interval_s:
+            self._bout = []
+        self._bout.append(ts)
+        if len(self._bout) > cfg.bout_min_steps:
+            self._bout.pop(0)
+        if len(self._bout) == cfg.bout_min_steps:
+            ivs = np.diff(np.asarray(self._bout))
+            med = float(np.median(ivs))
+            if (
+                cfg.min_interval_s <= med <= cfg.max_interval_s
+                and float(np.max(np.abs(ivs / med - 1.0))) <= cfg.rhythm_tolerance
+            ):
+                self._walking = True
+                self._intervals.clear()
+                for d in ivs.tolist():
+                    self._observe(d)
+                out.extend(self._bout)
+                self._last_step = self._bout[-1]
+                self._bout = []
+
+    def _observe(self, interval: float) -> None:
+        cfg = self.config
+        if cfg.min_interval_s <= interval <= cfg.max_interval_s:
+            self._intervals.append(interval)
+            self._period = float(np.median(np.asarray(self._intervals)))

@@ -1,0 +1,362 @@
+"""``agent replay DIR``: run a recording through exactly the live processing pipeline.
+
+Theory of operation
+-------------------
+A recording (``agent-recording/1``, see ``sensors.recording``) is turned back into the sample
+objects a live source emits: accelerometer and gyroscope rows are cut into blocks of
+:data:`BLOCK_S` seconds (a live strap delivers ~0.2 s blocks; totals do not depend on the block
+size because every stage carries its state, only the exact emission instants may), heart-rate, pressure and foot-pod rows become one
+sample each. All streams are merged by the time each sample becomes available (the last time in
+it), and fed to the same :class:`~agent.processing.pipeline.Processor` the daemon uses, with
+:meth:`~agent.processing.pipeline.Processor.tick` called on every whole second of *recorded* time
+(the daemon ticks once a second of wall time). Nothing reads the wall clock, so a replay is
+deterministic and runs as fast as the machine allows; ``--realtime`` only adds sleeps.
+
+Totals accumulate over the whole recording (``totals_reset="never"``, nothing persisted), so a
+replay never depends on the replaying machine's timezone or state directory.
+
+Readings of different stages leave the pipeline slightly out of time order (floors are judged a
+few seconds late, rate-limited values are sent with the time they were observed); a small heap
+re-orders them within :data:`REORDER_S` so the ``--jsonl`` output is in ``ts`` order.
+
+Output: ``--jsonl`` prints every SUBMIT frame, one JSON object per line; otherwise a summary
+(totals, duration, stream rates, readings per type, replay speed). ``--server URL`` streams the
+readings to a broker through the outbox and uplink (:func:`stream_to_server`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import itertools
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TextIO
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from agent.processing.pipeline import ProcessingConfig, Processor
+    from agent.readings import Reading
+    from sensors.base import SensorSample
+    from sensors.recording import Recording
+
+#: Seconds of accelerometer/gyroscope data per replayed block. Live blocks are ~0.2 s; 1 s keeps
+#: per-block overhead low while staying within the cadence estimator's latency allowance.
+BLOCK_S: Final = 1.0
+#: Processor.tick spacing in recorded time (the daemon ticks every second).
+TICK_S: Final = 1.0
+#: Re-ordering window for the output (far above the pipeline's few seconds of internal lag).
+REORDER_S: Final = 30.0
+#: Height used when neither --height nor meta.json gives one (adult average).
+DEFAULT_HEIGHT_M: Final = 1.75
+#: Exit status for a bad command line or an unreadable recording.
+EX_BAD_INPUT: Final = 2
+
+
+class ReplayError(Exception):
+    """The recording or the arguments cannot be replayed; the message says why."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``agent replay``."""
+    parser.add_argument("dir", metavar="DIR", type=Path, help="recording directory (meta.json …)")
+    parser.add_argument(
+        "--jsonl", action="store_true", help="print every SUBMIT frame, one JSON object per line"
+    )
+    parser.add_argument(
+        "--height",
+        type=float,
+        metavar="M",
+        help="wearer's height in metres (default: meta.json subject.height_m, else 1.75)",
+    )
+    parser.add_argument(
+        "--realtime", action="store_true", help="pace the replay at the recording's own speed"
+    )
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="stream the readings to this broker through the outbox (wss://…/connect)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``agent replay``; returns the exit status (2 for a bad recording or argument)."""
+    try:
+        rec = load(args.dir)
+        height = resolve_height(rec, args.height)
+    except ReplayError as exc:
+        print(f"agent replay: error: {exc}", file=sys.stderr)
+        return EX_BAD_INPUT
+    from agent.processing.pipeline import ProcessingConfig
+
+    config = ProcessingConfig(height_m=height, totals_reset="never")
+    stats = ReplayStats()
+    readings = replay_readings(rec, config, realtime=args.realtime, stats=stats)
+    if args.server:
+        return asyncio.run(stream_to_server(readings, args))
+    if args.jsonl:
+        return write_jsonl(readings, sys.stdout)
+    for _ in readings:
+        pass
+    print(summary(rec, stats, height))
+    return 0
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load(directory: Path) -> Recording:
+    """Read a recording, turning every failure into a :class:`ReplayError`."""
+    from sensors.recording import RecordingError, read_recording
+
+    if not directory.exists():
+        raise ReplayError(f"{directory}: no such directory")
+    if not directory.is_dir():
+        raise ReplayError(f"{directory}: not a directory")
+    try:
+        rec = read_recording(directory)
+    except RecordingError as exc:
+        raise ReplayError(str(exc)) from None
+    except OSError as exc:
+        raise ReplayError(f"{directory}: {exc}") from None
+    if all(
+        x is None or len(x) == 0
+        for x in (rec.acc_t, rec.gyro_t, rec.hr, rec.pressure_t, rec.rsc and rec.rsc.get("t"))
+    ):
+        raise ReplayError(f"{directory}: recording holds no samples")
+    return rec
+
+
+def resolve_height(rec: Recording, height: float | None) -> float:
+    """--height, else meta.json ``subject.height_m``, else the default; validated."""
+    source = "--height"
+    if height is None:
+        subject = rec.meta.get("subject")
+        h = subject.get("height_m") if isinstance(subject, dict) else None
+        if isinstance(h, int | float) and not isinstance(h, bool):
+            height, source = float(h), "meta.json subject.height_m"
+        else:
+            return DEFAULT_HEIGHT_M
+    if not (math.isfinite(height) and 0.5 <= height <= 2.6):
+        raise ReplayError(f"{source} must be between 0.5 and 2.6 m, got {height}")
+    return height
+
+
+# -- samples ---------------------------------------------------------------------------------
+
+
+def _blocks(
+    t: np.ndarray, xyz: np.ndarray, make: Callable[[np.ndarray, np.ndarray], SensorSample]
+) -> Iterator[tuple[float, SensorSample]]:
+    if t.size == 0:
+        return
+    start = math.floor(float(t[0]) / BLOCK_S) * BLOCK_S
+    n_edges = math.ceil((float(t[-1]) - start) / BLOCK_S) + 1
+    edges = start + BLOCK_S * np.arange(1, n_edges + 1)
+    cuts = np.searchsorted(t, edges, side="left")
+    lo = 0
+    for hi in cuts.tolist():
+        if hi > lo:
+            yield float(t[hi - 1]), make(t[lo:hi], xyz[lo:hi])
+            lo = hi
+    if lo < t.size:
+        yield float(t[-1]), make(t[lo:], xyz[lo:])
+
+
+def iter_samples(rec: Recording) -> Iterator[SensorSample]:
+    """The recording's samples, merged in the order a live agent would have received them."""
+    from sensors.base import AccBlock, GyroBlock, HeartRateSample, PressureSample, RscSample
+
+    streams: list[Iterable[tuple[float, SensorSample]]] = []
+    if rec.acc_t is not None and rec.acc is not None:
+        streams.append(_blocks(rec.acc_t, rec.acc, lambda t, x: AccBlock(t, x, "replay")))
+    if rec.gyro_t is not None and rec.gyro is not None:
+        streams.append(_blocks(rec.gyro_t, rec.gyro, lambda t, x: GyroBlock(t, x, "replay")))
+    if rec.hr:
+        streams.append(
+            (t, HeartRateSample(t, bpm, rr, None, "replay")) for t, bpm, rr in rec.hr
+        )
+    if rec.pressure_t is not None and rec.pressure_hpa is not None:
+        streams.append(
+            (t, PressureSample(t, p, "replay"))
+            for t, p in zip(rec.pressure_t.tolist(), rec.pressure_hpa.tolist(), strict=True)
+        )
+    if rec.rsc:
+        cols = [rec.rsc[k].tolist() for k in ("t", "speed_mps", "cadence_spm", "stride_m",
+                                              "total_m")]
+        streams.append(
+            (
+                t,
+                RscSample(
+                    t, speed, cad,
+                    None if math.isnan(stride) else stride,
+                    None if math.isnan(total) else total,
+                    None, "replay",
+                ),
+            )
+            for t, speed, cad, stride, total in zip(*cols, strict=True)
+        )
+    for _t, sample in heapq.merge(*streams, key=lambda e: e[0]):
+        yield sample
+
+
+def _end_time(sample: SensorSample) -> float:
+    t = sample.t
+    if isinstance(t, np.ndarray):
+        return float(t[-1])
+    return float(t)
+
+
+# -- processing ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    """Filled in while a replay runs (for the summary)."""
+
+    first_t: float | None = None
+    last_t: float | None = None
+    samples: Counter[str] = field(default_factory=Counter)
+    readings: Counter[str] = field(default_factory=Counter)
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    snapshot: dict[str, object] = field(default_factory=dict)
+
+
+def replay_readings(
+    rec: Recording,
+    config: ProcessingConfig,
+    *,
+    realtime: bool = False,
+    stats: ReplayStats | None = None,
+    processor: Processor | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Reading]:
+    """Every reading the live pipeline would produce for ``rec``, in ``ts`` order."""
+    from agent.processing.pipeline import Processor
+
+    proc = processor if processor is not None else Processor(config)
+    stats = stats if stats is not None else ReplayStats()
+    heap: list[tuple[float, int, Reading]] = []
+    seq = itertools.count()
+    next_tick: float | None = None
+    cpu0, wall0 = time.process_time(), clock()
+    t0 = 0.0
+
+    def push(readings: list[Reading]) -> None:
+        for r in readings:
+            heapq.heappush(heap, (r.t, next(seq), r))
+            stats.readings[str(r.type)] += 1
+
+    def pop_until(limit: float) -> Iterator[Reading]:
+        while heap and heap[0][0] <= limit:
+            yield heapq.heappop(heap)[2]
+
+    for sample in iter_samples(rec):
+        t_end = _end_time(sample)
+        if stats.first_t is None:
+            stats.first_t, t0 = t_end, t_end
+            next_tick = math.floor(t_end / TICK_S) * TICK_S + TICK_S
+        assert next_tick is not None
+        if realtime:
+            delay = (t_end - t0) - (clock() - wall0)
+            if delay > 0:
+                sleep(delay)
+        while next_tick <= t_end:
+            push(proc.tick(next_tick))
+            next_tick += TICK_S
+        stats.samples[type(sample).__name__] += 1
+        stats.last_t = t_end if stats.last_t is None else max(stats.last_t, t_end)
+        push(proc.feed(sample))
+        yield from pop_until(t_end - REORDER_S)
+    end = stats.last_t if stats.last_t is not None else 0.0
+    push(proc.flush(end))
+    stats.snapshot = proc.snapshot()
+    stats.cpu_s = time.process_time() - cpu0
+    stats.wall_s = clock() - wall0
+    yield from pop_until(math.inf)
+
+
+def write_jsonl(readings: Iterable[Reading], out: TextIO) -> int:
+    """Print one SUBMIT frame per line; a closed pipe (``| head``) ends quietly."""
+    try:
+        for r in readings:
+            out.write(r.submit_text())
+            out.write("\n")
+        out.flush()
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+def summary(rec: Recording, stats: ReplayStats, height_m: float) -> str:
+    """Human-readable summary of a finished replay."""
+    duration = (
+        0.0 if stats.first_t is None or stats.last_t is None else stats.last_t - stats.first_t
+    )
+    snap = stats.snapshot
+    lines = [
+        f"recording   {rec.path}",
+        f"duration    {duration:.1f} s ({duration / 3600:.2f} h), height {height_m:.2f} m",
+        f"steps       {snap.get('steps', 0)}",
+        f"distance    {snap.get('distance_m', 0.0)} m",
+        f"floors      {snap.get('floors', 0)}",
+    ]
+    streams = []
+    for name, t in (("acc", rec.acc_t), ("gyro", rec.gyro_t), ("pressure", rec.pressure_t)):
+        if t is not None and t.size > 1:
+            streams.append(f"{name} {(t.size - 1) / max(float(t[-1] - t[0]), 1e-9):.1f} Hz")
+    if rec.hr:
+        streams.append(f"hr {len(rec.hr)} rows")
+    if rec.rsc:
+        streams.append(f"rsc {rec.rsc['t'].size} rows")
+    lines.append("streams     " + (", ".join(streams) or "none"))
+    per_min = 60.0 / duration if duration > 0 else 0.0
+    for name, n in sorted(stats.readings.items()):
+        lines.append(f"  {name:<15} {n:>8} readings ({n * per_min:.1f}/min)")
+    speed = duration / stats.cpu_s if stats.cpu_s > 0 else math.inf
+    lines.append(
+        f"processed in {stats.cpu_s:.2f} CPU-s ({speed:.0f}× real time), "
+        f"{sum(stats.readings.values())} readings"
+    )
+    return "\n".join(lines)
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+
+class StreamingUnavailable(ReplayError):
+    """``--server`` needs the outbox/uplink wiring, which this build does not provide yet."""
+
+
+async def stream_to_server(readings: Iterable[Reading], args: argparse.Namespace) -> int:
+    """Stream ``readings`` to ``args.server`` through the outbox and uplink.
+
+    This is the seam where the outbox (``agent.outbox``) and uplink (``agent.uplink``) plug in:
+    readings go into a durable outbox and the uplink delivers them with the live agent's
+    guarantees. Until it is wired, it reports clearly and returns 2 instead of pretending.
+    """
+    try:
+        import agent.outbox  # noqa: F401
+        import agent.uplink  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"agent replay: error: --server is not available yet ({exc.name} is missing); "
+            "use --jsonl to see the frames",
+            file=sys.stderr,
+        )
+        return EX_BAD_INPUT
+    print(
+        "agent replay: error: --server is not wired to the outbox/uplink yet; "
+        "use --jsonl to see the frames",
+        file=sys.stderr,
+    )
+    return EX_BAD_INPUT

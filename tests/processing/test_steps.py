@@ -1,0 +1,177 @@
+"""StepDetector on synthetic gait (known truth) and on a few real recordings."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from agent.processing.steps import StepDetector, StepDetectorConfig
+from sensors.recording import read_recording
+
+F = NDArray[np.float64]
+G = 9.80665
+DATASETS = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
+
+
+def _rotation(rng: np.random.Generator) -> F:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    return np.asarray(q * np.sign(np.diag(r)), dtype=np.float64)
+
+
+def gait(
+    t: F, cadence: float, rng: np.random.Generator, t_on: float = 0.0, t_off: float = np.inf
+) -> tuple[F, F]:
+    """Trunk-like acceleration: vertical impact pulse per step, sway at stride rate, noise.
+
+    Returns ``(xyz, step_times)`` in a random device orientation.
+    """
+    phase = cadence * (t - t[0])
+    walking = (t >= t[0] + t_on) & (t < t[0] + t_off)
+    frac = phase % 1.0
+    # one sharp-ish bump per step (heel strike + loading), a little asymmetric left/right
+    side = np.where(np.floor(phase) % 2 == 0, 1.0, 0.85)
+    vert = 3.0 * side * np.exp(-0.5 * ((frac - 0.15) / 0.08) ** 2) - 0.9
+    lateral = 0.8 * np.sin(np.pi * phase)
+    fwd = 0.7 * np.sin(2 * np.pi * phase + 1.0)
+    body = np.stack([fwd, lateral, vert], axis=1) * walking[:, None]
+    body[:, 2] += G
+    body += rng.normal(scale=0.05, size=body.shape)
+    xyz = body @ _rotation(rng).T
+    k = np.arange(np.ceil(cadence * t_on), np.floor(cadence * min(t_off, t[-1] - t[0])) + 1)
+    steps = t[0] + (k + 0.15) / cadence
+    steps = steps[(steps >= t[0] + t_on) & (steps < t[0] + min(t_off, t[-1] - t[0]))]
+    return np.asarray(xyz, dtype=np.float64), np.asarray(steps, dtype=np.float64)
+
+
+def stream(det: StepDetector, t: F, xyz: F, block: int) -> F:
+    out = [det.feed(t[i : i + block], xyz[i : i + block]) for i in range(0, t.size, block)]
+    out.append(det.flush())
+    return np.concatenate(out)
+
+
+T0 = 1_767_600_000.0
+
+
+@pytest.mark.parametrize("rate", [25.0, 50.0, 100.0, 200.0])
+@pytest.mark.parametrize("cadence", [1.2, 1.9, 2.8])
+def test_counts_synthetic_walk_at_any_rate(rate: float, cadence: float) -> None:
+    rng = np.random.default_rng(int(rate * 10 + cadence * 100))
+    t = T0 + np.arange(0, 60.0, 1.0 / rate)
+    xyz, truth = gait(t, cadence, rng, t_on=3.0, t_off=55.0)
+    steps = stream(StepDetector(), t, xyz, block=int(rate))
+    assert abs(steps.size - truth.size) <= 2, (steps.size, truth.size)
+    # reported times sit near the true steps (within a quarter of a step period)
+    d = np.abs(steps[:, None] - truth[None, :]).min(axis=1)
+    assert np.median(d) < 0.25 / cadence
+
+
+def test_irregular_timestamps_bursts_and_jitter() -> None:
+    rng = np.random.default_rng(7)
+    dt = rng.uniform(0.002, 0.02, size=8000)
+    dt[rng.choice(dt.size, 40, replace=False)] = 0.1  # short stalls between BLE bursts
+    t = T0 + np.cumsum(dt)
+    xyz, truth = gait(t, 1.8, rng, t_on=2.0)
+    steps = stream(StepDetector(), t, xyz, block=37)
+    assert abs(steps.size - truth.size) <= 3, (steps.size, truth.size)
+
+
+def test_block_size_does_not_change_the_result() -> None:
+    rng = np.random.default_rng(3)
+    t = T0 + np.arange(0, 40.0, 0.01) + rng.uniform(0, 0.004, size=4000)
+    xyz, _ = gait(t, 1.7, rng, t_on=2.0, t_off=35.0)
+    ref = stream(StepDetector(), t, xyz, block=1000)
+    assert ref.size > 50
+    for block in (1, 7, 100, 4000):
+        got = stream(StepDetector(), t, xyz, block=block)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
+def test_gap_resets_without_inventing_steps() -> None:
+    rng = np.random.default_rng(11)
+    t1 = T0 + np.arange(0, 30.0, 0.02)
+    t2 = T0 + 45.0 + np.arange(0, 30.0, 0.02)
+    x1, s1 = gait(t1, 1.8, rng, t_on=1.0)
+    x2, s2 = gait(t2, 1.8, rng, t_on=1.0)
+    t = np.concatenate([t1, t2])
+    xyz = np.concatenate([x1, x2])
+    steps = stream(StepDetector(), t, xyz, block=50)
+    assert not np.any((steps > T0 + 30.5) & (steps < T0 + 45.0))
+    assert abs(steps.size - (s1.size + s2.size)) <= 3
+
+
+def test_rest_noise_and_isolated_bumps_give_no_steps() -> None:
+    rng = np.random.default_rng(5)
+    t = T0 + np.arange(0, 120.0, 0.01)
+    body = np.zeros((t.size, 3))
+    body[:, 2] = G
+    body += rng.normal(scale=0.08, size=body.shape)
+    # a few isolated bumps: phone picked up, table knocked, sit-to-stand
+    for c, amp in ((20.0, 8.0), (47.0, 12.0), (47.9, 6.0), (80.0, 5.0), (100.0, 15.0)):
+        body[:, 2] += amp * np.exp(-0.5 * ((t - T0 - c) / 0.12) ** 2)
+    xyz = body @ _rotation(rng).T
+    assert stream(StepDetector(), t, xyz, block=100).size == 0
+
+
+def test_short_shuffle_below_the_bout_size_is_not_counted() -> None:
+    rng = np.random.default_rng(9)
+    t = T0 + np.arange(0, 20.0, 0.02)
+    xyz, truth = gait(t, 1.8, rng, t_on=5.0, t_off=5.0 + 3 / 1.8)
+    assert 2 <= truth.size < StepDetectorConfig().bout_min_steps
+    assert stream(StepDetector(), t, xyz, block=50).size == 0
+
+
+def test_flush_confirms_pending_steps_and_reset_forgets() -> None:
+    rng = np.random.default_rng(13)
+    t = T0 + np.arange(0, 12.0, 0.02)
+    xyz, truth = gait(t, 2.0, rng, t_on=1.0)
+    det = StepDetector()
+    fed = det.feed(t, xyz)
+    tail = det.flush()
+    assert tail.size >= 1  # the last steps are confirmed only by flush
+    assert abs(fed.size + tail.size - truth.size) <= 2
+    assert det.cadence == pytest.approx(2.0, rel=0.1)
+    assert det.cadence_at(float(t[-1]) + 10.0) == 0.0
+    det.reset()
+    assert det.cadence == 0.0
+    assert det.flush().size == 0
+
+
+def test_bad_input_is_dropped_not_fatal() -> None:
+    det = StepDetector()
+    t = T0 + np.arange(0, 5.0, 0.02)
+    xyz = np.tile([0.0, 0.0, G], (t.size, 1))
+    xyz[10] = np.nan
+    det.feed(t, xyz)
+    det.feed(t[:5], xyz[:5])  # stale, out-of-order block
+    assert det.feed(np.zeros(0), np.zeros((0, 3))).size == 0
+    with pytest.raises(ValueError):
+        det.feed(t[:3], xyz[:2])
+
+
+@pytest.mark.skipif(not DATASETS.is_dir(), reason=f"datasets folder absent: {DATASETS}")
+@pytest.mark.parametrize(
+    "rec",
+    [
+        "oxford-train/Pixel_Jamie_Hard_InHand_1",
+        "oxford-train/Samsung_Carmelo_Hard_NeckPouch_1",
+        "weallwalk-sighted/T3_ID14_1L",
+    ],
+)
+def test_real_recordings_within_loose_bound(rec: str) -> None:
+    r = read_recording(DATASETS / rec)
+    assert r.acc_t is not None and r.acc is not None and r.truth is not None
+    t, acc = r.acc_t, r.acc
+    det = StepDetector()
+    out = []
+    edges = np.searchsorted(t, np.arange(t[0], t[-1] + 1.0, 1.0))
+    for i0, i1 in itertools.pairwise(edges):
+        out.append(det.feed(t[i0:i1], acc[i0:i1]))
+    out.append(det.feed(t[edges[-1] :], acc[edges[-1] :]))
+    out.append(det.flush())
+    n = np.concatenate(out).size
+    truth = int(r.truth["steps"])
+    assert abs(n - truth) / truth < 0.05, (n, truth)

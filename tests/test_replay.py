@@ -1,0 +1,123 @@
+"""``agent replay``: a tiny generated recording → valid SUBMIT frames in ts order, or a summary."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.cli import main
+from agent.protocol import DataType, Submit, parse, ts_to_unix
+from tests.processing.test_pipeline import resting_acc, walking_acc
+
+T0 = 1_767_772_800.0
+
+
+def write_csv_gz(path: Path, header: str, rows: list[str]) -> None:
+    with gzip.open(path, "wt", encoding="utf-8", newline="") as f:
+        f.write(header + "\n")
+        f.writelines(r + "\n" for r in rows)
+
+
+@pytest.fixture
+def recording(tmp_path: Path) -> Path:
+    """40 s: 25 s walking at 1.8 steps/s up a storey, then rest; acc+gyro 50 Hz, HR, pressure."""
+    d = tmp_path / "session"
+    d.mkdir()
+    t1, a1 = walking_acc(T0, 25.0, 1.8, fs=50.0)
+    t2, a2 = resting_acc(T0 + 25.0, 15.0, fs=50.0)
+    t, a = np.concatenate([t1, t2]), np.concatenate([a1, a2])
+    rows = [f"{ti:.6f},{x:.5f},{y:.5f},{z:.5f}" for ti, (x, y, z) in zip(t, a, strict=True)]
+    write_csv_gz(d / "acc.csv.gz", "t,x,y,z", rows)
+    write_csv_gz(d / "gyro.csv.gz", "t,x,y,z",
+                 [f"{ti:.6f},0.01,-0.02,0.03" for ti in t])
+    hr = [f"{T0 + s + 0.3:.6f},{72 + s % 3},{800 + s % 7} {810 - s % 5}" for s in range(40)]
+    write_csv_gz(d / "hr.csv.gz", "t,bpm,rr", hr)
+    tp = T0 + np.arange(0, 40.0, 0.1)
+    hpa = 1000.0 - np.clip((tp - T0 - 4.0) / 15.0, 0, 1) * 3.2 / 8.4
+    write_csv_gz(d / "pressure.csv.gz", "t,hpa", [f"{a:.6f},{b:.4f}" for a, b in zip(tp, hpa,
+                                                                                    strict=True)])
+    meta = {"format": "agent-recording/1", "streams": ["acc.csv.gz", "gyro.csv.gz", "hr.csv.gz",
+                                                        "pressure.csv.gz"],
+            "source": "test", "placement": "chest", "device": "synthetic",
+            "subject": {"height_m": 1.80}}
+    (d / "meta.json").write_text(json.dumps(meta))
+    return d
+
+
+def frames(text: str) -> list[Submit]:
+    out = []
+    for line in text.splitlines():
+        payload = parse(line)
+        assert isinstance(payload, Submit)
+        out.append(payload)
+    return out
+
+
+def test_jsonl_prints_valid_submit_frames_in_ts_order(
+    recording: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["replay", str(recording), "--jsonl"]) == 0
+    subs = frames(capsys.readouterr().out)
+    ts = [ts_to_unix(s.ts or "") for s in subs]
+    assert ts == sorted(ts)
+    assert T0 <= ts[0] and ts[-1] <= T0 + 41.0
+    last = {s.type: s for s in subs}
+    assert set(last) == set(DataType)
+    assert last[DataType.STEPS].val == pytest.approx(45, abs=2)
+    assert last[DataType.FLOORS_CLIMBED].val == 1.0
+    assert last[DataType.STEPS_CADENCE].val == 0.0
+    assert last[DataType.ACCELERATION].vec is not None
+    # meta.json's height (1.80 m) sets the step length: ~0.415 × 1.80 per step.
+    assert last[DataType.DISTANCE].val == pytest.approx(45 * 0.415 * 1.80, rel=0.06)
+    steps = [s.val for s in subs if s.type is DataType.STEPS]
+    assert steps == sorted(steps)  # totals accumulate over the recording
+
+
+def test_height_option_overrides_meta(recording: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["replay", str(recording), "--jsonl", "--height", "1.50"])
+    dist = [s.val for s in frames(capsys.readouterr().out) if s.type is DataType.DISTANCE]
+    assert dist[-1] == pytest.approx(45 * 0.415 * 1.50, rel=0.06)
+
+
+def test_replay_is_deterministic(recording: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["replay", str(recording), "--jsonl"])
+    first = capsys.readouterr().out
+    main(["replay", str(recording), "--jsonl"])
+    assert capsys.readouterr().out == first
+
+
+def test_summary(recording: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(recording)]) == 0
+    out = capsys.readouterr().out
+    assert "steps" in out and "floors      1" in out and "acc 50.0 Hz" in out
+    assert "real time" in out
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "no-meta", "bad-csv", "bad-height"])
+def test_bad_input_exits_2_with_a_clear_message(
+    case: str, recording: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["replay", str(recording)]
+    if case == "missing":
+        args = ["replay", str(tmp_path / "nope")]
+    elif case == "file":
+        (tmp_path / "f.txt").write_text("x")
+        args = ["replay", str(tmp_path / "f.txt")]
+    elif case == "no-meta":
+        (recording / "meta.json").unlink()
+    elif case == "bad-csv":
+        write_csv_gz(recording / "acc.csv.gz", "t,x,y,z", [f"{T0},1,2,3", f"{T0 + 1},oops,2,3"])
+    else:
+        args += ["--height", "17"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("agent replay: error:") and "Traceback" not in err
+
+
+def test_server_reports_not_wired(recording: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(recording), "--server", "ws://127.0.0.1:9/connect"]) == 2
+    assert "--server" in capsys.readouterr().err
