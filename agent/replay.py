@@ -5,9 +5,10 @@ Theory of operation
 A recording (``agent-recording/1``, see ``sensors.recording``) is turned back into the sample
 objects a live source emits: accelerometer and gyroscope rows are cut into blocks of
 :data:`BLOCK_S` seconds (a live strap delivers ~0.2 s blocks; totals do not depend on the block
-size because every stage carries its state, only the exact emission instants may), heart-rate, pressure and foot-pod rows become one
-sample each. All streams are merged by the time each sample becomes available (the last time in
-it), and fed to the same :class:`~agent.processing.pipeline.Processor` the daemon uses, with
+size because every stage carries its state, only the exact emission instants may); heart-rate,
+pressure and foot-pod rows become one sample each. All streams are merged by the time each
+sample becomes available (the last time in it) and fed to the same
+:class:`~agent.processing.pipeline.Processor` the daemon uses, with
 :meth:`~agent.processing.pipeline.Processor.tick` called on every whole second of *recorded* time
 (the daemon ticks once a second of wall time). Nothing reads the wall clock, so a replay is
 deterministic and runs as fast as the machine allows; ``--realtime`` only adds sleeps.
@@ -32,6 +33,7 @@ import heapq
 import itertools
 import math
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +46,7 @@ import numpy as np
 if TYPE_CHECKING:
     from agent.processing.pipeline import ProcessingConfig, Processor
     from agent.readings import Reading
+    from agent.tokens import TokenProvider
     from sensors.base import SensorSample
     from sensors.recording import Recording
 
@@ -84,6 +87,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="stream the readings to this broker through the outbox (wss://…/connect)",
     )
+    parser.add_argument("--token-file", metavar="PATH",
+                        help="with --server: file holding a fresh producer token")
+    parser.add_argument("--token-command", metavar="CMD",
+                        help="with --server: command printing a fresh producer token")
+    parser.add_argument("--allow-insecure-ws", action="store_true",
+                        help="with --server: allow ws:// to a non-loopback host")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -333,30 +342,87 @@ def summary(rec: Recording, stats: ReplayStats, height_m: float) -> str:
 # -- streaming -------------------------------------------------------------------------------
 
 
-class StreamingUnavailable(ReplayError):
-    """``--server`` needs the outbox/uplink wiring, which this build does not provide yet."""
+#: Readings pulled from the replay per worker-thread hop while streaming.
+STREAM_CHUNK: Final = 2000
+#: Seconds the uplink gets at the end to have the last readings acknowledged.
+CLOSE_GRACE_S: Final = 10.0
+
+
+def _token_provider(args: argparse.Namespace) -> TokenProvider:
+    from agent.tokens import TokenCommand, TokenFile
+
+    if getattr(args, "token_file", None):
+        return TokenFile(args.token_file)
+    if getattr(args, "token_command", None):
+        return TokenCommand(args.token_command)
+    raise ReplayError(
+        "--server needs a producer token source: --token-file PATH (re-read for every "
+        "connection) or --token-command CMD (prints a fresh token)"
+    )
 
 
 async def stream_to_server(readings: Iterable[Reading], args: argparse.Namespace) -> int:
-    """Stream ``readings`` to ``args.server`` through the outbox and uplink.
+    """Stream ``readings`` to ``args.server`` through a private outbox and the uplink.
 
-    This is the seam where the outbox (``agent.outbox``) and uplink (``agent.uplink``) plug in:
-    readings go into a durable outbox and the uplink delivers them with the live agent's
-    guarantees. Until it is wired, it reports clearly and returns 2 instead of pretending.
+    The same delivery path as ``agent run``: readings are committed to an SQLite outbox (in a
+    temporary directory, so a replay never mixes with the daemon's backlog) and the
+    :class:`~agent.uplink.Uplink` sends them, reconnecting with fresh tokens as needed, until the
+    broker has provably read every one (HEARTBEAT_ACK after the last). Processing runs in a worker
+    thread in chunks so heartbeats are never starved. Returns 0 when everything was confirmed,
+    1 when the uplink stopped (close-code policy) first, 2 for bad arguments.
     """
     try:
-        import agent.outbox  # noqa: F401
-        import agent.uplink  # noqa: F401
-    except ImportError as exc:
-        print(
-            f"agent replay: error: --server is not available yet ({exc.name} is missing); "
-            "use --jsonl to see the frames",
-            file=sys.stderr,
-        )
+        from agent.outbox import Outbox
+        from agent.uplink import Uplink, UplinkError
+    except ImportError as exc:  # pragma: no cover - a partial install
+        print(f"agent replay: error: --server is not available ({exc.name} is missing)",
+              file=sys.stderr)
         return EX_BAD_INPUT
-    print(
-        "agent replay: error: --server is not wired to the outbox/uplink yet; "
-        "use --jsonl to see the frames",
-        file=sys.stderr,
-    )
-    return EX_BAD_INPUT
+    try:
+        tokens = _token_provider(args)
+    except ReplayError as exc:
+        print(f"agent replay: error: {exc}", file=sys.stderr)
+        return EX_BAD_INPUT
+    iterator = iter(readings)
+
+    def pull() -> list[Reading]:
+        return list(itertools.islice(iterator, STREAM_CHUNK))
+
+    with tempfile.TemporaryDirectory(prefix="agent-replay-") as tmp:
+        outbox = await Outbox.open(Path(tmp) / "outbox.sqlite")
+        try:
+            try:
+                uplink = Uplink(
+                    args.server, tokens, outbox,
+                    allow_insecure_ws=bool(getattr(args, "allow_insecure_ws", False)),
+                )
+            except (UplinkError, ValueError) as exc:
+                print(f"agent replay: error: {exc}", file=sys.stderr)
+                return EX_BAD_INPUT
+            task = asyncio.create_task(uplink.run(), name="replay-uplink")
+            sent = 0
+            while not task.done():
+                chunk = await asyncio.to_thread(pull)
+                if not chunk:
+                    break
+                sent += outbox.append(chunk)
+            await outbox.flush()
+            target = outbox.last_id
+            waiter = asyncio.create_task(uplink.wait_for(lambda: uplink.acked_id >= target))
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            delivered = uplink.acked_id >= target
+            if not task.done():
+                await uplink.close(CLOSE_GRACE_S)
+            try:
+                await task
+            except UplinkError as exc:
+                print(f"agent replay: uplink stopped: {exc}", file=sys.stderr)
+        finally:
+            await outbox.close()
+    if delivered:
+        print(f"agent replay: {sent} readings delivered to {args.server}", file=sys.stderr)
+        return 0
+    print(f"agent replay: only part of {sent} readings was confirmed by {args.server}",
+          file=sys.stderr)
+    return 1

@@ -40,9 +40,9 @@ import random
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -61,6 +61,7 @@ from agent.protocol import (
     ReadyReceived,
     close_policy,
 )
+from agent.readings import Reading
 from agent.tokens import (
     TokenError,
     TokenExhausted,
@@ -215,6 +216,7 @@ class Uplink:
         self._bad_token_streak = 0
         self._running = False
         self._done = asyncio.Event()
+        self._changed = asyncio.Event()
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -222,6 +224,23 @@ class Uplink:
     def acked_id(self) -> int:
         """Highest outbox id the broker has provably read."""
         return self._acked_id
+
+    def _notify(self) -> None:
+        """Wake everything waiting in :meth:`wait_for` (state, ACKs, outbox figures)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds; re-checked on every state change and ACK.
+
+        For supervisors, scripts and tests: e.g. ``await uplink.wait_for(lambda:
+        uplink.acked_id >= outbox.last_id)``. Bound it with ``asyncio.timeout``.
+        """
+        while True:
+            changed = self._changed
+            if predicate():
+                return
+            await changed.wait()
 
     async def run(self) -> None:
         """Connect, serve and reconnect until :meth:`close` (returns) or a stop (raises).
@@ -292,6 +311,7 @@ class Uplink:
             self.state.outbox_bytes = stats.bytes
             self.state.oldest_undelivered_t = stats.oldest_t
             self.state.dropped = stats.dropped
+        self._notify()
         return self.state
 
     # -- connection cycle -----------------------------------------------------------------------
@@ -302,6 +322,7 @@ class Uplink:
             setattr(self.state, key, value)
         if state is not ConnState.BACKOFF:
             self.state.next_retry_in_s = None
+        self._notify()
         if self.on_state is not None:
             try:
                 self.on_state(self.state)
@@ -465,6 +486,7 @@ class Uplink:
             self._acked_id = hw
             self._confirm_wake.set()
             self._progress.set()
+        self._notify()
 
     async def _beater(self, conn: _Conn) -> None:
         await conn.hello.wait()
@@ -545,3 +567,54 @@ class Uplink:
             await self.outbox.confirm(target)
             self._persisted_id = target
             await self.refresh_state()
+
+
+async def run_producer(
+    url: str,
+    tokens: TokenProvider,
+    outbox_path: str | Path,
+    source: AsyncIterable[Sequence[Reading]] | None = None,
+    *,
+    on_appended: Callable[[Sequence[Reading]], None] | None = None,
+    drain: bool = True,
+    grace_s: float = 30.0,
+    outbox_options: Mapping[str, Any] | None = None,
+    **uplink_options: Any,
+) -> UplinkState:
+    """A whole producer in one call: outbox + uplink + a source of reading batches.
+
+    Meant for small scripts and subprocess-based failure tests (SIGKILL, killed relays,
+    cutting proxies): every batch from ``source`` is appended durably, then ``on_appended`` is
+    called (so a parent process learns exactly what survived a crash). When the source ends,
+    and ``drain`` is true, it waits until the broker has confirmed everything (no timeout: bound
+    it from outside), then closes with ``grace_s``. Returns the final :class:`UplinkState`;
+    raises :class:`UplinkStopped` like :meth:`Uplink.run`.
+    """
+    outbox = await Outbox.open(outbox_path, **dict(outbox_options or {}))
+    uplink = Uplink(url, tokens, outbox, **uplink_options)
+    runner = asyncio.create_task(uplink.run(), name="uplink")
+    try:
+        if source is not None:
+            async for batch in source:
+                if runner.done():
+                    break
+                await outbox.append_durable(batch)
+                if on_appended is not None:
+                    on_appended(batch)
+        if drain and not runner.done():
+            waiter = asyncio.create_task(
+                uplink.wait_for(lambda: uplink.acked_id >= outbox.last_id)
+            )
+            await asyncio.wait({waiter, runner}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        if runner.done():
+            runner.result()  # raises UplinkStopped
+        await uplink.close(grace_s)
+        await runner
+        return await uplink.refresh_state()
+    finally:
+        if not runner.done():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, UplinkStopped):
+                await runner
+        await outbox.close()

@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.processing.pipeline import ProcessingConfig, Processor  # noqa: E402
-from sensors.base import AccBlock, GyroBlock, HeartRateSample, SensorSample  # noqa: E402
+from agent.processing.pipeline import ProcessingConfig, Processor
+from sensors.base import AccBlock, GyroBlock, HeartRateSample, SensorSample
 
 T0 = 1_767_772_800.0
 FS = 200.0

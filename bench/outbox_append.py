@@ -8,7 +8,9 @@ Prints readings/s (median of ``--runs``) for three shapes of load:
 * ``group``: ``--writers`` concurrent writers doing the same (group commit shares fsyncs).
 
 Readings are 80 % ACCELERATION, 20 % HEART_RATE. Serialising SUBMIT text is part of the cost
-(:meth:`agent.readings.Reading.submit_text`). Run: ``PYTHONPATH=. .venv/bin/python bench/outbox_append.py [--n 100000]``.
+(:meth:`agent.readings.Reading.submit_text`).
+
+Run: ``PYTHONPATH=. .venv/bin/python bench/outbox_append.py [--n 100000]``.
 """
 
 from __future__ import annotations
@@ -86,9 +88,11 @@ async def main() -> None:
                 await blocks(d / f"group{run}.sqlite3", args.n // 5, args.block, args.writers)
             )
     print(f"outbox append, durable (synchronous=FULL), median of {args.runs} runs:")
-    print(f"  bulk   ({args.n} in one call):            {statistics.median(results['bulk']):>10,.0f} readings/s")
-    print(f"  blocks ({args.block}/call, 1 writer):      {statistics.median(results['blocks']):>10,.0f} readings/s")
-    print(f"  group  ({args.block}/call, {args.writers} writers):     {statistics.median(results['group']):>10,.0f} readings/s")
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"  bulk   ({args.n} in one call):       {med['bulk']:>10,.0f} readings/s")
+    print(f"  blocks ({args.block}/call, 1 writer):      {med['blocks']:>10,.0f} readings/s")
+    group = f"group  ({args.block}/call, {args.writers} writers):"
+    print(f"  {group:36s}{med['group']:>10,.0f} readings/s")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,9 @@ async def relay_run(texts: list[str], db: Path, with_consumer: bool) -> tuple[fl
     key_file = db.parent / "bench.key"
     key_file.write_text(KEY)
     key_file.chmod(0o600)
-    prof = ["-m", "cProfile", "-o", os.environ["RELAY_PROFILE"]] if "RELAY_PROFILE" in os.environ else []
+    # RELAY_PROFILE=out.prof profiles the relay process with cProfile
+    profile = os.environ.get("RELAY_PROFILE")
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
     proc, base = await start([*prof, "-m", "agent", "relay", "--port", "0", "--db", str(db),
                               "--dev-id", "bench", "--api-key-file", str(key_file)])
     ws_url = base.replace("http", "ws") + "/connect"

@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.processing.pipeline import ProcessingConfig  # noqa: E402
-from agent.replay import replay_readings  # noqa: E402
-from sensors.recording import Recording, iter_recordings, read_recording  # noqa: E402
+from agent.processing.pipeline import ProcessingConfig
+from agent.replay import replay_readings
+from sensors.recording import Recording, iter_recordings, read_recording
 
 T0 = 1_767_772_800.0
 

@@ -99,11 +99,13 @@ HR_NOTIFY_OFFSET_S = 0.37
 RSC_PERIOD_S = 1.0
 RSC_OFFSET_S = 0.61
 BATTERY_PERIOD_S = 60.0
-BATTERY_OFFSET_S = 5.0
+BATTERY_OFFSET_S = 0.05  # first reading right at the start, like a read on connect
 #: Sensor noise: ~3 mg accelerometer, ~0.3 °/s gyroscope, ~0.015 hPa barometer (BMP388 class).
 ACC_NOISE = 0.03
 GYRO_NOISE = 0.005
 PRESSURE_NOISE_HPA = 0.015
+#: Impact amplitude varies from step to step (SD, relative); real gait shows ~5–10 %.
+STEP_GAIN_SD = 0.08
 #: Rates of the rare events.
 FIDGET_PER_S = 1.0 / 90.0  # non-step arm/torso movements while resting
 DOOR_SLAM_PER_S = 1.0 / 600.0
@@ -192,6 +194,10 @@ class SimulationConfig:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"SimulationConfig.{name} must be a positive number, got {value}")
 
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(
+                f"SimulationConfig.seed must be a non-negative integer, got {self.seed}"
+            )
         positive("acc_rate_hz", self.acc_rate_hz)
         if self.acc_rate_hz > 1000:
             raise ValueError(f"acc_rate_hz {self.acc_rate_hz} is above 1000 Hz; use 25–200")
@@ -510,6 +516,16 @@ def _evaluate(segs: list[_Seg], s: FloatArray) -> _Motion:
     return m
 
 
+def _hash_unit(k: IntArray, seed: int) -> FloatArray:
+    """Deterministic pseudo-random numbers in [0, 1) for integers ``k`` (splitmix64 finaliser)."""
+    x = k.view(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    out: FloatArray = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return out
+
+
 # --- rotations ------------------------------------------------------------------------------------
 
 
@@ -693,12 +709,24 @@ class _Generator:
                 rate[a:b] += (f.angle * np.pi / f.dur * np.sin(2 * np.pi * u))[:, None] * f.axis
         return lin, rate
 
+    def _step_gain(self, phase: FloatArray) -> FloatArray:
+        """Step-to-step impact variability (~8 % SD), a stateless hash of the step number."""
+        k = np.floor(phase)
+        w = phase - k
+        w = w * w * (3.0 - 2.0 * w)
+        g0 = _hash_unit(k.astype(np.int64), self.cfg.seed)
+        g1 = _hash_unit(k.astype(np.int64) + 1, self.cfg.seed)
+        spread = STEP_GAIN_SD * math.sqrt(3.0)  # uniform on ±spread has SD STEP_GAIN_SD
+        gain: FloatArray = 1.0 + spread * (2.0 * (g0 * (1.0 - w) + g1 * w) - 1.0)
+        return gain
+
     def _acc(self, segs: list[_Seg], s: FloatArray, fidgets: list[_Fidget]) -> FloatArray:
         m = _evaluate(segs, s)
         tp = 2 * np.pi * m.phase
-        vert = m.amp * (np.cos(tp) + m.harmonic * np.cos(2 * tp + 0.4) + 0.05 * np.sin(0.5 * tp))
-        lat = m.amp * m.lateral * np.sin(0.5 * tp + self._lat_phase)
-        fwd = m.amp * m.forward * np.sin(tp + 0.9)
+        amp = m.amp * self._step_gain(m.phase)
+        vert = amp * (np.cos(tp) + m.harmonic * np.cos(2 * tp + 0.4) + 0.05 * np.sin(0.5 * tp))
+        lat = amp * m.lateral * np.sin(0.5 * tp + self._lat_phase)
+        fwd = amp * m.forward * np.sin(tp + 0.9)
         body = np.column_stack([fwd, lat, GRAVITY + vert])
         lin, _ = self._fidget_terms(s, fidgets)
         body += lin

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_jsonl_prints_valid_submit_frames_in_ts_order(
     subs = frames(capsys.readouterr().out)
     ts = [ts_to_unix(s.ts or "") for s in subs]
     assert ts == sorted(ts)
-    assert T0 <= ts[0] and ts[-1] <= T0 + 41.0
+    assert ts[0] >= T0 and ts[-1] <= T0 + 41.0
     last = {s.type: s for s in subs}
     assert set(last) == set(DataType)
     assert last[DataType.STEPS].val == pytest.approx(45, abs=2)
@@ -73,7 +74,7 @@ def test_jsonl_prints_valid_submit_frames_in_ts_order(
     assert last[DataType.ACCELERATION].vec is not None
     # meta.json's height (1.80 m) sets the step length: ~0.415 × 1.80 per step.
     assert last[DataType.DISTANCE].val == pytest.approx(45 * 0.415 * 1.80, rel=0.06)
-    steps = [s.val for s in subs if s.type is DataType.STEPS]
+    steps = [s.val or 0.0 for s in subs if s.type is DataType.STEPS]
     assert steps == sorted(steps)  # totals accumulate over the recording
 
 
@@ -118,6 +119,35 @@ def test_bad_input_exits_2_with_a_clear_message(
     assert err.startswith("agent replay: error:") and "Traceback" not in err
 
 
-def test_server_reports_not_wired(recording: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_server_without_a_token_source_is_a_usage_error(
+    recording: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["replay", str(recording), "--server", "ws://127.0.0.1:9/connect"]) == 2
-    assert "--server" in capsys.readouterr().err
+    assert "--token-file" in capsys.readouterr().err
+
+
+async def test_server_streams_every_frame_through_outbox_and_uplink(
+    recording: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.processing.pipeline import ProcessingConfig
+    from agent.relay.server import Relay, RelayConfig
+    from agent.replay import load, replay_readings, stream_to_server
+
+    expected = [r.submit_text() for r in replay_readings(
+        load(recording), ProcessingConfig(height_m=1.8, totals_reset="never"))]
+    async with Relay(RelayConfig(port=0, db=tmp_path / "relay.sqlite")) as relay:
+        token_file = tmp_path / "token"
+        token_file.write_text(await relay.mint_token(user_id="walker"))
+        args = argparse.Namespace(
+            server=relay.ws_url, token_file=str(token_file), token_command=None,
+            allow_insecure_ws=False,
+        )
+        rec = load(recording)
+        cfg = ProcessingConfig(height_m=1.8, totals_reset="never")
+        assert await stream_to_server(replay_readings(rec, cfg), args) == 0
+        stored = await relay.dispatches()
+    got = [json.dumps({"op": 6, "d": json.loads(s.d), "t": s.t}, separators=(",", ":"))
+           for s in stored]
+    assert got == expected  # every frame, in order, exactly as --jsonl prints it
+    assert all(s.uid == "walker" for s in stored)
+    assert "delivered" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +21,7 @@ from agent.protocol import DataType
 from agent.readings import Reading
 from agent.relay.server import Relay, RelayConfig
 from agent.tokens import StaticToken
-from agent.uplink import InsecureUrl, Uplink, UplinkStopped, check_url
+from agent.uplink import InsecureUrl, Uplink, UplinkStopped, check_url, run_producer
 from agent.uplink_state import ConnState
 
 T0 = 1_700_000_000.0
@@ -89,10 +90,10 @@ async def serve_forever(index: int, ws: ServerConnection, broker: Broker) -> Non
         await broker.read_one(index, ws, ack=True)
 
 
-async def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.01)
+async def until(uplink: Uplink, pred: Callable[[], bool]) -> None:
+    """Wait (event-driven, bounded) until ``pred`` holds."""
+    async with asyncio.timeout(20):
+        await uplink.wait_for(pred)
 
 
 @contextlib.asynccontextmanager
@@ -132,8 +133,8 @@ async def test_stream_through_real_relay_delivers_everything_and_empties_outbox(
         async with running(uplink):
             for chunk in range(10):
                 await box.append_durable([hr(chunk * 100 + i) for i in range(100)])
-            await wait_until(lambda: uplink.acked_id >= box.last_id)
-            await wait_until(lambda: uplink.state.outbox_depth == 0)
+            await until(uplink, lambda: uplink.acked_id >= box.last_id)
+            await until(uplink, lambda: uplink.state.outbox_depth == 0)
         assert uplink.state.state is ConnState.CLOSED
         assert ConnState.READY in states
         stored = await relay.dispatches()
@@ -152,13 +153,40 @@ async def test_close_delivers_pending_within_grace(tmp_path: Path) -> None:
         box = await Outbox.open(tmp_path / "o.sqlite3")
         uplink = Uplink(relay.ws_url, tokens, box, barrier_spacing_s=0.02)
         task = asyncio.create_task(uplink.run())
-        await wait_until(lambda: uplink.state.state is ConnState.READY)
+        await until(uplink, lambda: uplink.state.state is ConnState.READY)
         box.append([hr(i) for i in range(500)])  # buffered: close() flushes and delivers
         await uplink.close(grace_s=10.0)
         await task
         assert (await box.stats()).depth == 0
         assert len(await relay.dispatches()) == 500
         await box.close()
+
+
+async def test_run_producer_helper_streams_a_source(tmp_path: Path) -> None:
+    appended: list[int] = []
+
+    async def source() -> AsyncIterator[list[Reading]]:
+        for k in range(5):
+            yield [hr(k * 10 + i) for i in range(10)]
+
+    async with Relay(RelayConfig(port=0, heartbeat_interval_ms=5000)) as relay:
+        tokens = CountingTokens(lambda: relay.mint_token(user_id="u9"))
+        state = await run_producer(
+            relay.ws_url, tokens, tmp_path / "o.sqlite3", source(),
+            on_appended=lambda batch: appended.append(len(batch)), barrier_spacing_s=0.02,
+        )
+        stored = await relay.dispatches()
+    assert appended == [10] * 5
+    assert state.outbox_depth == 0 and state.confirmed == 50
+    assert [json.loads(s.d)["val"] for s in stored] == [60 + i for i in range(50)]
+
+
+def test_websockets_debug_frames_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("agent.uplink.websockets").debug(
+        "> TEXT %s", '\'{"op":3,"d":{"token":"abcdef","type":0}}\''
+    )
+    assert "abcdef" not in caplog.text and "redacted" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,8 +219,8 @@ async def test_nothing_confirmed_without_ack_then_resent_after_reconnect(tmp_pat
             await first_conn_read.wait()
             assert uplink.acked_id == 0
             assert (await box.stats()).depth == 50  # read by the broker, but not proven
-            await wait_until(lambda: uplink.acked_id == box.last_id)
-            await wait_until(lambda: uplink.state.outbox_depth == 0)
+            await until(uplink, lambda: uplink.acked_id == box.last_id)
+            await until(uplink, lambda: uplink.state.outbox_depth == 0)
             assert uplink.state.last_close_code == 1001
         await box.close()
     vals = [m["d"]["val"] for m in broker.submits]  # type: ignore[index]
@@ -214,10 +242,10 @@ async def test_unacked_heartbeat_kills_connection_and_reconnects(tmp_path: Path)
         await box.append_durable([hr(i) for i in range(5)])
         uplink = Uplink(broker.url, CountingTokens(), box, backoff=fast_backoff())
         async with running(uplink):
-            await wait_until(lambda: uplink.acked_id == box.last_id)
+            await until(uplink, lambda: uplink.acked_id == box.last_id)
             assert broker.connections >= 2
             assert uplink.state.last_close_code == 1006
-            await wait_until(lambda: uplink.state.outbox_depth == 0)
+            await until(uplink, lambda: uplink.state.outbox_depth == 0)
             assert uplink.state.confirmed == 5
         await box.close()
     assert uplink.state.connections >= 2
@@ -232,15 +260,15 @@ async def test_barrier_spacing_respected(tmp_path: Path) -> None:
         uplink = Uplink(broker.url, CountingTokens(), box, barrier_spacing_s=spacing,
                         send_batch=1)
         async with running(uplink):
-            await wait_until(lambda: uplink.state.state is ConnState.READY)
+            await until(uplink, lambda: uplink.state.state is ConnState.READY)
             for i in range(40):  # a steady trickle of fresh readings
                 await box.append_durable([hr(i)])
                 await asyncio.sleep(0.01)
-            await wait_until(lambda: uplink.acked_id == box.last_id)
+            await until(uplink, lambda: uplink.acked_id == box.last_id)
         await box.close()
     times = [t for _, t in broker.beats]
     assert len(times) >= 2  # barriers were sent although the regular beat is a minute away
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= spacing * 0.8, gaps  # no more often than the spacing
 
 
@@ -266,7 +294,7 @@ async def test_in_flight_window_bounds_unconfirmed(tmp_path: Path) -> None:
         async with running(uplink):
             await release.wait()
             assert len(broker.submits) == 20
-            await wait_until(lambda: uplink.state.outbox_depth == 0, timeout=20)
+            await until(uplink, lambda: uplink.state.outbox_depth == 0)
         await box.close()
 
 
@@ -283,12 +311,22 @@ def closing_with(code: int) -> Callable[[int, ServerConnection, Broker], Awaitab
 
 
 class RecordingSleep:
+    """Back-off sleep that records the delay and returns at once."""
+
     def __init__(self) -> None:
         self.delays: list[float] = []
+        self._called = asyncio.Event()
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
+        self._called.set()
+        self._called = asyncio.Event()
         await asyncio.sleep(0)
+
+    async def calls(self, n: int) -> None:
+        async with asyncio.timeout(20):
+            while len(self.delays) < n:
+                await self._called.wait()
 
 
 @pytest.mark.parametrize("code", [4004, 1007, 4000, 4003, 1003])
@@ -315,7 +353,7 @@ async def test_4001_mints_fresh_tokens_and_backs_off_to_max(tmp_path: Path) -> N
         backoff = Backoff(base_s=1.0, cap_s=30.0, rng=lambda: 0.0)
         uplink = Uplink(broker.url, tokens, box, backoff=backoff, sleep=sleep)
         async with running(uplink):
-            await wait_until(lambda: len(sleep.delays) >= 4)
+            await sleep.calls(4)
             assert uplink.state.last_close_code == 4001
         await box.close()
     assert len(set(broker.tokens)) == len(broker.tokens) >= 4  # a new token every time
@@ -331,7 +369,7 @@ async def test_4002_backs_off_to_max(tmp_path: Path) -> None:
         backoff = Backoff(base_s=1.0, cap_s=30.0, rng=lambda: 0.0)
         uplink = Uplink(broker.url, CountingTokens(), box, backoff=backoff, sleep=sleep)
         async with running(uplink):
-            await wait_until(lambda: len(sleep.delays) >= 1)
+            await sleep.calls(1)
         await box.close()
     assert sleep.delays[0] == pytest.approx(15.0)  # cap × (0.5 + 0.5 × rng)
 
@@ -344,7 +382,7 @@ async def test_1001_reconnects_with_growing_backoff_and_no_hot_loop(tmp_path: Pa
         backoff = Backoff(base_s=1.0, cap_s=8.0, rng=lambda: 1.0)
         uplink = Uplink(broker.url, CountingTokens(), box, backoff=backoff, sleep=sleep)
         async with running(uplink):
-            await wait_until(lambda: len(sleep.delays) >= 5)
+            await sleep.calls(5)
         await box.close()
     # sessions that die right after the handshake never reset the counter
     assert sleep.delays[:5] == [1.0, 2.0, 4.0, 8.0, 8.0]
@@ -357,7 +395,7 @@ async def test_connection_refused_backs_off(tmp_path: Path) -> None:
     uplink = Uplink("ws://127.0.0.1:9/connect", CountingTokens(), box, sleep=sleep,
                     backoff=fast_backoff())
     async with running(uplink):
-        await wait_until(lambda: len(sleep.delays) >= 2)
+        await sleep.calls(2)
     assert "failed" in (uplink.state.last_error or "")
     await box.close()
 

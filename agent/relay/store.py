@@ -8,11 +8,11 @@ loop never waits on disk.
 Schema
 ------
 ``dispatches(dev_id, seq, uid, t, d, received)`` with a unique ``(dev_id, seq)`` index, and
-``counters(dev_id, last_seq)``; rowid order is insertion order. ``seq`` is per developer, strictly increasing and dense while
-nothing is pruned; the counter lives in its own table so retention pruning every row of a
-developer never makes ``seq`` restart. ``d`` is the submitted payload as compact JSON text,
-dispatched unchanged. ``received`` is the relay's wall clock (Unix seconds) at storage and drives
-retention.
+``counters(dev_id, last_seq)``; rowid order is insertion order. ``seq`` is per developer,
+strictly increasing and dense while nothing is pruned; the counter lives in its own table so
+retention pruning every row of a developer never makes ``seq`` restart. ``d`` is the
+submitted payload as compact JSON text, dispatched unchanged. ``received`` is the relay's wall
+clock (Unix seconds) at storage and drives retention.
 
 Durability: ``synchronous=FULL`` — a batch is on disk before the relay acknowledges any
 heartbeat that follows it, because producers delete readings once acknowledged.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from agent.processing.distance import (
     BASE_RATIO,
@@ -20,7 +21,9 @@ from agent.processing.distance import (
 T0 = 1_767_772_800.0
 
 
-def walk(start: float, cadences: list[tuple[float, int]], rng: np.random.Generator) -> np.ndarray:
+def walk(
+    start: float, cadences: list[tuple[float, int]], rng: np.random.Generator
+) -> NDArray[np.float64]:
     """Step times for consecutive stretches of (cadence, steps), with 3 % interval jitter."""
     out: list[float] = []
     t = start
@@ -67,9 +70,9 @@ def test_calibration_brings_distance_within_5_percent() -> None:
 
 def test_calibration_rejects_bad_walks() -> None:
     with pytest.raises(ValueError, match="at least 20"):
-        calibrate_factor(T0 + np.arange(5) * 0.5, 10.0, 1.75)
+        calibrate_factor(np.asarray(T0 + np.arange(5) * 0.5, dtype=np.float64), 10.0, 1.75)
     with pytest.raises(ValueError, match="implausible"):
-        calibrate_factor(T0 + np.arange(100) * 0.55, 5.0, 1.75)
+        calibrate_factor(np.asarray(T0 + np.arange(100) * 0.55, dtype=np.float64), 5.0, 1.75)
 
 
 def test_blockwise_equals_all_at_once() -> None:
@@ -90,7 +93,7 @@ def test_foot_pod_is_preferred_while_recent() -> None:
     d = DistanceTracker(1.75)
     assert d.add_rsc(T0, 3.0, total_m=1000.0) == 0.0  # first total is a baseline
     assert d.add_rsc(T0 + 1.0, 3.0, total_m=1003.2) == pytest.approx(3.2)
-    covered = d.add_steps(T0 + 1.0 + np.arange(4) * 0.4)
+    covered = d.add_steps(np.asarray(T0 + 1.0 + np.arange(4) * 0.4, dtype=np.float64))
     assert np.all(covered == 0.0)  # steps during pod coverage add nothing
     assert d.speed(T0 + 1.5, 1.8) == 3.0
     # Without a total, speed is integrated; a pod restart (total drops) re-baselines.
@@ -99,7 +102,7 @@ def test_foot_pod_is_preferred_while_recent() -> None:
     e.add_rsc(T0, 2.0)
     assert e.add_rsc(T0 + 2.0, 4.0) == pytest.approx(6.0)
     # Pod gone: steps count again.
-    later = e.add_steps(T0 + 100 + np.arange(5) * 0.5)
+    later = e.add_steps(np.asarray(T0 + 100 + np.arange(5) * 0.5, dtype=np.float64))
     assert np.all(later > 0)
 
 

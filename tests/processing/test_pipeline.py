@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def test_walk_then_rest_with_the_real_detector() -> None:
     out += proc.flush(T0 + 90.0)
     steps = of(out, DataType.STEPS)
     assert steps[-1].val == pytest.approx(108, abs=2)
-    assert all(b.val >= a.val for a, b in zip(steps, steps[1:], strict=False))  # type: ignore[operator]
+    assert all(b.val >= a.val for a, b in itertools.pairwise(steps))  # type: ignore[operator]
     cad = of(out, DataType.STEPS_CADENCE)
     walking = [r.val for r in cad if T0 + 10 < r.t < T0 + 60]
     assert walking and all(abs(v - 1.8) < 0.1 for v in walking if v is not None)

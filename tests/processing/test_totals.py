@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -61,7 +62,7 @@ def test_writes_are_rate_limited_in_sample_time(tmp_path: Path) -> None:
         if store.maybe_save(t):
             saved.append(t)
     assert 3 <= store.saves <= 5
-    assert all(b - a >= 10.0 for a, b in zip(saved, saved[1:], strict=False))
+    assert all(b - a >= 10.0 for a, b in itertools.pairwise(saved))
     store.save(BEFORE_MIDNIGHT)  # shutdown
     assert json.loads((tmp_path / "t.json").read_text())["steps"] == 100
     assert not store.maybe_save(BEFORE_MIDNIGHT + 100)  # nothing changed since

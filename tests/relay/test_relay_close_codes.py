@@ -36,10 +36,12 @@ async def test_no_identify_closes_4000(make_relay: MakeRelay) -> None:
 
 
 async def test_heartbeats_do_not_extend_identify_deadline(make_relay: MakeRelay) -> None:
-    async with make_relay(identify_timeout_s=0.3, heartbeat_interval_ms=200) as relay:
-        async with raw_client(relay) as ws:
-            await heartbeat_roundtrip(ws)  # allowed before IDENTIFY, but no substitute
-            await expect_close(ws, 4000)
+    async with (
+        make_relay(identify_timeout_s=0.3, heartbeat_interval_ms=200) as relay,
+        raw_client(relay) as ws,
+    ):
+        await heartbeat_roundtrip(ws)  # allowed before IDENTIFY, but no substitute
+        await expect_close(ws, 4000)
 
 
 async def test_unknown_token_closes_4001(relay: Relay) -> None:
@@ -165,13 +167,15 @@ async def test_binary_frame_with_json_is_accepted(relay: Relay) -> None:
 
 
 async def test_missing_heartbeat_closes_4005(make_relay: MakeRelay) -> None:
-    async with make_relay(heartbeat_interval_ms=200, heartbeat_leeway_s=0.05) as relay:
-        async with producer(relay) as ws:
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            await expect_close(ws, 4005)
-            # the window is interval + leeway, measured from READY: not before it
-            assert loop.time() - start >= 0.25 - 0.02
+    async with (
+        make_relay(heartbeat_interval_ms=200, heartbeat_leeway_s=0.05) as relay,
+        producer(relay) as ws,
+    ):
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await expect_close(ws, 4005)
+        # the window is interval + leeway, measured from READY: not before it
+        assert loop.time() - start >= 0.25 - 0.02
 
 
 async def test_heartbeats_keep_connection_alive(make_relay: MakeRelay) -> None:

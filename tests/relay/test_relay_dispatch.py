@@ -43,10 +43,10 @@ async def test_dispatch_shape_and_order(relay: Relay) -> None:
 
 async def test_dispatch_text_is_compact_and_keyed_like_the_seed(relay: Relay) -> None:
     async with consumer(relay) as c, producer(relay, user_id="u1") as p:
-        await p.send('{"op":6,"d":{"ts":"%s","val":72},"t":"HEART_RATE"}' % TS)
+        await p.send('{"op":6,"d":{"ts":"' + TS + '","val":72},"t":"HEART_RATE"}')
         raw = await asyncio.wait_for(c.recv(), 10)
     assert raw == (
-        '{"op":5,"d":{"ts":"%s","val":72},"uid":"u1","seq":1,"t":"HEART_RATE"}' % TS
+        '{"op":5,"d":{"ts":"' + TS + '","val":72},"uid":"u1","seq":1,"t":"HEART_RATE"}'
     )
 
 
@@ -92,7 +92,10 @@ async def test_ack_only_after_earlier_submits_are_stored_and_dispatched(relay: R
 
 
 async def test_submits_survive_in_order_across_many_batches(make_relay: MakeRelay) -> None:
-    async with make_relay(max_pending_submits=7) as relay, producer(relay) as p:
+    async with (
+        make_relay(max_pending_submits=7, heartbeat_interval_ms=20_000) as relay,
+        producer(relay) as p,
+    ):
         for i in range(500):
             await p.send(submit(i))
         await heartbeat_roundtrip(p)
@@ -117,7 +120,8 @@ async def test_second_producer_for_same_user_closes_older_4002(relay: Relay) -> 
 
 async def test_second_consumer_for_same_developer_closes_older_4002(relay: Relay) -> None:
     async with consumer(relay, "dev-a") as old, consumer(relay, "dev-b") as other:
-        async with consumer(relay, "dev-a") as new, producer(relay) as p:
+        new_ctx = consumer(relay, "dev-a")  # opened only after `old` is READY
+        async with new_ctx as new, producer(relay) as p:
             await expect_close(old, 4002)
             await p.send(submit(5))
             frame = await recv_json(new)
@@ -136,7 +140,9 @@ async def test_duplicate_check_happens_only_after_a_valid_token(relay: Relay) ->
 async def test_small_queue_consumer_that_reads_gets_everything(make_relay: MakeRelay) -> None:
     """Flow control: a consumer that keeps reading is never cut off, however small its queue."""
     async with (
-        make_relay(consumer_queue_frames=20, max_pending_submits=5) as relay,
+        make_relay(
+            consumer_queue_frames=20, max_pending_submits=10, heartbeat_interval_ms=20_000
+        ) as relay,
         consumer(relay) as c,
         producer(relay) as p,
     ):

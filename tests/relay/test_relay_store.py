@@ -75,7 +75,7 @@ def test_reader_sees_committed_batches(tmp_path: Path) -> None:
     reader = DispatchStore(tmp_path / "r.db", readonly=True)
     writer.append(batch("a", 2), 1.0)
     assert [s.seq for s in reader.page("a", 0, None, 10)] == [1, 2]
-    with pytest.raises(Exception, match="readonly|read-only|query_only"):
+    with pytest.raises(Exception, match=r"readonly|read-only|query_only"):
         reader._db.execute("DELETE FROM dispatches")
     writer.close()
     reader.close()

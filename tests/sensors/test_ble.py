@@ -259,7 +259,9 @@ async def test_device_stopping_pmd_forces_a_fresh_session(bluezoo: BluezooHarnes
     assert sum(1 for w in strap.pmd_cp.writes if w[0] == 0x02) == 2
 
 
-async def test_stale_link_left_in_bluez_is_reused(bluezoo: BluezooHarness) -> None:
+async def test_stale_link_left_in_bluez_is_reused(
+    bluezoo: BluezooHarness, caplog: pytest.LogCaptureFixture
+) -> None:
     """A previous process crashed while connected: the strap no longer advertises, but BlueZ
     still holds the link. Scanning alone would never find it again."""
     strap = H10Strap(bluezoo.address, "/org/bluez/hci1")
@@ -270,8 +272,15 @@ async def test_stale_link_left_in_bluez_is_reused(bluezoo: BluezooHarness) -> No
         await bluezoo.call(device_path("hci0", address), "org.bluez.Device1", "Connect")
         await bluezoo.call("/org/bluez/hci0", "org.bluez.Adapter1", "StopDiscovery")
         src = BleSource(fast_config(name="chest", address=address, scan_timeout_s=0.5))
-        async with running(src, out):
-            await out.until(lambda: len(out.of(HeartRateSample)) >= 2)
+        caplog.set_level(logging.INFO, logger="sensors.ble")
+        reused = LogEvent("reusing the link")
+        logging.getLogger("sensors.ble").addHandler(reused)
+        try:
+            async with running(src, out):
+                await out.until(lambda: len(out.of(HeartRateSample)) >= 2)
+        finally:
+            logging.getLogger("sensors.ble").removeHandler(reused)
+        assert reused.event.is_set()
         assert src.status.reconnects == 0
 
 
