@@ -43,16 +43,14 @@ daemon exits with :data:`EXIT_CONFIG` (78, sysexits ``EX_CONFIG``), which the sy
 in ``RestartPreventExitStatus=`` so a typo does not become a restart loop.
 
 This module is imported by ``agent --help``'s neighbours, so it stays cheap: standard library only
-(platformdirs, ipaddress, urllib and zoneinfo are imported lazily when needed).
+(tomllib, platformdirs, ipaddress, urllib, zoneinfo and difflib are imported when needed).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import shlex
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -130,7 +128,7 @@ def _gt(x: float) -> dict[str, float]:
     return {"gt": x}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class UplinkConfig:
     """Where readings go and how the agent authenticates there.
 
@@ -153,7 +151,7 @@ class UplinkConfig:
     shutdown_grace_s: float = field(default=5.0, metadata={"ge": 0})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class OutboxConfig:
     """The durable SQLite outbox (default ``<state_dir>/outbox.sqlite``)."""
 
@@ -163,7 +161,7 @@ class OutboxConfig:
     flush_interval_s: float = field(default=0.2, metadata=_gt(0))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ProcessingSection:
     """On-device processing parameters."""
 
@@ -175,7 +173,7 @@ class ProcessingSection:
     timezone: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SimulationSection:
     """Simulated sources (``--simulate``)."""
 
@@ -185,7 +183,7 @@ class SimulationSection:
     speed: float = field(default=1.0, metadata={"gt": 0, "le": 1000.0})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class BleDeviceSection:
     """One BLE sensor (same field names as ``sensors.ble.BleDeviceConfig``; convert with asdict).
 
@@ -210,7 +208,7 @@ class BleDeviceSection:
     backoff_cap_s: float = field(default=60.0, metadata=_gt(0))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SensorsConfig:
     """Which sources feed the agent."""
 
@@ -222,14 +220,14 @@ class SensorsConfig:
     iio_barometer: bool | str = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RecordingConfig:
     """Raw-sample recording for field studies (``None``: off)."""
 
     dir: Path | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StatusConfig:
     """The status file ``agent status`` reads (default ``<state_dir>/status.json``)."""
 
@@ -237,14 +235,14 @@ class StatusConfig:
     interval_s: float = field(default=2.0, metadata=_gt(0))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LoggingConfig:
     """Logging verbosity."""
 
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RelayDeveloper:
     """A developer account of the self-hosted relay (the API key is read from a file)."""
 
@@ -252,7 +250,7 @@ class RelayDeveloper:
     api_key_file: Path
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RelayConfig:
     """The relay (``agent relay``, and the embedded one when ``uplink.server`` is unset)."""
 
@@ -267,7 +265,7 @@ class RelayConfig:
     developers: tuple[RelayDeveloper, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Config:
     """The effective configuration. ``config_file`` records which file was read (not a key)."""
 
@@ -299,7 +297,7 @@ _FALSE: Final = frozenset({"0", "false", "no", "off"})
 # relative paths resolve against the right directory.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _Val:
     value: object
     source: str
@@ -459,8 +457,9 @@ class _Builder:
             raise ConfigError(key, "must be true or false", source=val.source)
         if hint is int:
             if val.text and isinstance(value, str):
+                digits = value.strip().replace("_", "")
                 try:
-                    value = int(value.strip().replace("_", ""), 0)
+                    value = int(digits, 10) if digits.lstrip("+-").isdigit() else int(digits, 0)
                 except ValueError:
                     raise ConfigError(key, "must be an integer", source=val.source) from None
             if not isinstance(value, int) or isinstance(value, bool):
@@ -547,6 +546,8 @@ class _Builder:
         dot = f"{prefix}." if prefix else ""
         for key, node in tree.items():
             if key not in names:
+                import difflib
+
                 hint = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
                 problem = "unknown key"
                 if hint:
@@ -793,6 +794,8 @@ def find_config_file(
 
 
 def _read_file(path: Path, explicit: bool) -> dict[str, Any] | None:
+    import tomllib
+
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

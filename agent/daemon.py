@@ -64,7 +64,7 @@ class RelayTokens:
 
     async def get(self) -> str:
         """A fresh single-use producer token."""
-        return await self._relay.mint_token(user_id=self._user_id, dev_id=EMBEDDED_DEV_ID)
+        return await self._relay.mint_token(user_id=self._user_id, developer=EMBEDDED_DEV_ID)
 
 
 class Daemon:
@@ -122,7 +122,7 @@ class Daemon:
                     SimulationConfig(
                         seed=sim.seed,
                         acc_rate_hz=float(sim.acc_rate_hz),
-                        gyro_rate_hz=float(sim.gyro_rate_hz) if sim.gyro_rate_hz else None,
+                        gyro_rate_hz=float(sim.gyro_rate_hz),
                         height_m=self.config.processing.height_m,
                         speed=float(sim.speed),
                     ),
@@ -147,16 +147,13 @@ class Daemon:
 
         up = self.config.uplink
         if up.token_file is not None:
-            return tokens.FileTokenProvider(Path(up.token_file))
+            return tokens.TokenFile(up.token_file)
         if up.token_command is not None:
-            return tokens.CommandTokenProvider(up.token_command)
+            return tokens.TokenCommand(up.token_command)
         assert up.token_url and up.dev_id and up.api_key_file and up.user_id
-        from agent.secrets import read_secret
-
-        api_key = read_secret(Path(up.api_key_file), what="API key")
-        return tokens.RestTokenProvider(
-            up.token_url, user_id=up.user_id, dev_id=up.dev_id, api_key=str(api_key),
-            ca_file=up.ca_file,
+        return tokens.RestToken(
+            up.token_url, up.user_id, up.dev_id, api_key_file=up.api_key_file,
+            ca_file=up.ca_file, allow_insecure=up.allow_insecure_ws,
         )
 
     # -- tasks ----------------------------------------------------------------------------------
@@ -226,7 +223,7 @@ class Daemon:
     _outbox_stats: dict[str, Any] = {}
 
     async def _status_task(self) -> None:
-        path = self.config.status.path or (self.config.state_dir / "status.json")
+        path = self.config.status.path
         interval = self.config.status.interval_s
         watchdog = self.notifier.watchdog_interval_s()
         period = min(interval, watchdog / 2) if watchdog else interval
@@ -291,7 +288,7 @@ class Daemon:
 
         tz = self._tz()
         self.outbox = await Outbox.open(
-            cfg.outbox.path or cfg.state_dir / "outbox.sqlite",
+            cfg.outbox.path,
             max_bytes=cfg.outbox.max_bytes,
             flush_interval_s=cfg.outbox.flush_interval_s,
             tz=tz,
@@ -339,7 +336,7 @@ class Daemon:
 
         self._embedded_key = secrets.token_urlsafe(24)
         self.relay = Relay(RelayConfig(
-            host="127.0.0.1", port=0, db=self.config.state_dir / "relay.sqlite",
+            host="127.0.0.1", port=0, db=self.config.relay.db,
             developers={EMBEDDED_DEV_ID: self._embedded_key},
         ))
         await self.relay.__aenter__()
@@ -440,7 +437,7 @@ class Daemon:
             await self.outbox.close()
         if self.relay is not None:
             await self.relay.close()
-        path = self.config.status.path or (self.config.state_dir / "status.json")
+        path = self.config.status.path
         with contextlib.suppress(OSError):
             state = self.state()
             state["stopped"] = True
@@ -528,6 +525,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"agent run: {exc}", file=sys.stderr)
         return EX_CONFIG
     setup_logging(config.logging.level)
+    if config.logging.level != "debug":
+        # websockets logs every connection and HTTP response at INFO: noise in a journal.
+        for name in ("websockets", "agent.relay.websockets"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return asyncio.run(Daemon(config, quiet=args.quiet, duration_s=args.duration).run())
     except Exception as exc:

@@ -62,6 +62,14 @@ def assess(state: dict[str, Any], now: float, interval_s: float) -> str:
     return "running"
 
 
+def _last_close(up: dict[str, Any]) -> str:
+    code = up.get("last_close_code")
+    if code is None and not up.get("last_error"):
+        return ""
+    reason = up.get("last_close_reason") or up.get("last_error") or ""
+    return f" (last close: {code if code is not None else '-'} {reason})".rstrip() + ""
+
+
 def format_status(state: dict[str, Any], now: float, interval_s: float) -> list[str]:
     """Readable report of a status document."""
     up = state.get("uplink") or {}
@@ -69,9 +77,8 @@ def format_status(state: dict[str, Any], now: float, interval_s: float) -> list[
     age = ob.get("oldest_age_s")
     lines = [
         f"daemon:          {assess(state, now, interval_s)} (pid {state.get('pid')})",
-        f"connection:      {up.get('state', 'unknown')}"
-        + (f" — {up['last_close']}" if up.get("last_close") else ""),
-        f"last READY:      {_when(up.get('last_ready'), now)}",
+        f"connection:      {up.get('state', 'unknown')}" + _last_close(up),
+        f"last READY:      {_when(up.get('last_ready_at'), now)}",
         f"outbox depth:    {ob.get('depth', '?')} readings",
         f"oldest undelivered: {'-' if age is None else _age(float(age))}",
         f"dropped:         {ob.get('dropped', 0)}",

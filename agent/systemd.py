@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
-__all__ = ["Notifier"]
+__all__ = ["Notifier", "watchdog_pinger"]
 
 
 class Notifier:
@@ -93,3 +93,27 @@ class Notifier:
 def _status(text: str) -> str:
     # One assignment per line: a newline inside the text would start a bogus assignment.
     return "STATUS=" + " ".join(text.splitlines())
+
+
+async def watchdog_pinger(
+    notifier: Notifier, *, sleep: Callable[[float], Awaitable[None]] | None = None
+) -> None:
+    """Send ``WATCHDOG=1`` at half the watchdog interval until cancelled.
+
+    Run it as a task on the daemon's event loop: if the loop stalls, the pings stop and systemd
+    restarts the service, which is the point. Returns at once when no watchdog applies.
+
+    Args:
+        notifier: where to send.
+        sleep: ``asyncio.sleep`` unless injected (tests).
+    """
+    interval = notifier.watchdog_interval_s()
+    if interval is None:
+        return
+    if sleep is None:
+        import asyncio
+
+        sleep = asyncio.sleep
+    while True:
+        notifier.watchdog()
+        await sleep(interval / 2)

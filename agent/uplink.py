@@ -278,7 +278,8 @@ class Uplink:
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Deliver what is pending within ``grace_s``, then close with 1000 and stop ``run()``."""
-        self._set_state(ConnState.CLOSING)
+        if self.state.state is not ConnState.STOPPED:
+            self._set_state(ConnState.CLOSING)
         with contextlib.suppress(Exception):
             await self.outbox.flush()
         target = self.outbox.last_id
@@ -302,6 +303,8 @@ class Uplink:
                 await conn.ws.close(1000, "agent shutting down")
         if self._running:
             await self._done.wait()
+        elif self.state.state is ConnState.CLOSING:
+            self._set_state(ConnState.CLOSED)
 
     async def refresh_state(self) -> UplinkState:
         """Refresh outbox figures in :attr:`state` and return it."""

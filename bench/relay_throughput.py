@@ -89,9 +89,21 @@ async def start(argv: list[str]) -> tuple[asyncio.subprocess.Process, str]:
     return proc, line[len(prefix):]
 
 
-async def stop(proc: asyncio.subprocess.Process) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), 0.0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def stop(proc: asyncio.subprocess.Process) -> float:
+    """SIGTERM the server; returns the CPU seconds it used (load-independent cost figure)."""
+    cpu = cpu_seconds(proc.pid)
     proc.send_signal(signal.SIGTERM)
     await proc.wait()
+    return cpu
 
 
 def mint(base: str, path: str) -> str:
@@ -103,15 +115,15 @@ def mint(base: str, path: str) -> str:
     return token
 
 
-async def bare(texts: list[str]) -> float:
+async def bare(texts: list[str]) -> tuple[float, float]:
     proc, base = await start([__file__, "--serve-bare"])
-    try:
-        return await produce(base.replace("http", "ws") + "/connect", None, texts)
-    finally:
-        await stop(proc)
+    elapsed = await produce(base.replace("http", "ws") + "/connect", None, texts)
+    return elapsed, await stop(proc)
 
 
-async def relay_run(texts: list[str], db: Path, with_consumer: bool) -> tuple[float, int]:
+async def relay_run(
+    texts: list[str], db: Path, with_consumer: bool
+) -> tuple[float, int, float]:
     key_file = db.parent / "bench.key"
     key_file.write_text(KEY)
     key_file.chmod(0o600)
@@ -151,9 +163,11 @@ async def relay_run(texts: list[str], db: Path, with_consumer: bool) -> tuple[fl
             await asyncio.wait_for(done.wait(), 600)
             await task
         total = time.perf_counter() - start_t
-        return (total if with_consumer else acked), received
-    finally:
+    except BaseException:
         await stop(proc)
+        raise
+    cpu = await stop(proc)
+    return (total if with_consumer else acked), received, cpu
 
 
 async def main() -> None:
@@ -167,13 +181,15 @@ async def main() -> None:
         await serve_bare()
         return
     texts = frames(args.n)
-    t_bare = await bare(texts)
-    print(f"bare websocket server : {args.n / t_bare:10.0f} readings/s ({t_bare:.2f} s)")
+    t_bare, cpu_bare = await bare(texts)
+    print(f"bare websocket server : {args.n / t_bare:10.0f} readings/s ({t_bare:.2f} s, "
+          f"server CPU {cpu_bare / args.n * 1e6:.1f} us/reading)")
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or Path(tmp) / "bench.sqlite3"
-        t_relay, received = await relay_run(texts, db, args.consumer)
+        t_relay, received, cpu = await relay_run(texts, db, args.consumer)
     what = f"relay + consumer ({received} received)" if args.consumer else "relay (stored, ACKed)"
-    print(f"{what:22s}: {args.n / t_relay:10.0f} readings/s ({t_relay:.2f} s)")
+    print(f"{what:22s}: {args.n / t_relay:10.0f} readings/s ({t_relay:.2f} s, "
+          f"server CPU {cpu / args.n * 1e6:.1f} us/reading)")
     print(f"relay / bare          : {t_bare / t_relay:10.2f}")
 
 

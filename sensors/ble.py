@@ -48,6 +48,7 @@ from bleak import BleakAdapter, BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
+from bleak.uuids import normalize_uuid_str
 
 from agent.backoff import Backoff
 from sensors.base import (
@@ -128,12 +129,24 @@ GATT_TIMEOUT_S: Final = 10.0
 CLEANUP_TIMEOUT_S: Final = 5.0
 
 
+def service_uuid(service: str) -> str:
+    """Full lowercase UUID for a ``service`` setting: a name from :data:`SERVICE_UUIDS` or a
+    16/32/128-bit UUID (``180d``, ``0000180d-0000-1000-8000-00805f9b34fb``); ValueError else."""
+    if service in SERVICE_UUIDS:
+        return SERVICE_UUIDS[service]
+    text = service.strip().lower().removeprefix("0x")
+    if len(text) not in (4, 8, 36):
+        raise ValueError(f"not a service name or UUID: {service!r}")
+    return normalize_uuid_str(text)
+
+
 @dataclass(frozen=True, slots=True)
 class BleDeviceConfig:
     """One configured BLE device (one ``[[sensors.ble]]`` table in the config file).
 
     The device is found by ``address`` and/or ``name_contains`` and/or the advertised
-    ``service``; every criterion that is set must match. At least one is required.
+    ``service`` (a name -- heart_rate, pmd, rsc, pressure -- or a service UUID such as ``180d``);
+    every criterion that is set must match. At least one is required.
     """
 
     name: str
@@ -162,11 +175,14 @@ class BleDeviceConfig:
             raise ValueError(
                 f"BLE device {self.name!r}: set at least one of address, name_contains, service"
             )
-        if self.service is not None and self.service not in SERVICE_UUIDS:
-            raise ValueError(
-                f"BLE device {self.name!r}: service must be one of {sorted(SERVICE_UUIDS)}, "
-                f"got {self.service!r}"
-            )
+        if self.service is not None:
+            try:
+                service_uuid(self.service)
+            except ValueError:
+                raise ValueError(
+                    f"BLE device {self.name!r}: service must be one of {sorted(SERVICE_UUIDS)} "
+                    f"or a service UUID (e.g. 180d), got {self.service!r}"
+                ) from None
         for key in ("silence_timeout_s", "connect_timeout_s", "scan_timeout_s",
                     "battery_interval_s", "backoff_cap_s", "backoff_base_s"):
             if not getattr(self, key) > 0:
@@ -181,7 +197,7 @@ class BleDeviceConfig:
             if self.name_contains.lower() not in name.lower():
                 return False
         if self.service is not None:
-            wanted = SERVICE_UUIDS[self.service]
+            wanted = service_uuid(self.service)
             if wanted not in (u.lower() for u in adv.service_uuids):
                 return False
         return True
@@ -466,6 +482,12 @@ class BleSource:
         return self._backoff.next_delay()
 
     def _after_failure(self, verdict: Classification, exc: BaseException) -> float:
+        """Record and log one failure; RETRY/WAIT back off normally, GIVE_UP waits at the cap.
+
+        RETRY is logged at INFO (expected on any radio link); WAIT and GIVE_UP carry operator
+        advice, logged as a WARNING the first time each reason occurs and at DEBUG afterwards, so
+        a strap left in a drawer does not flood the journal.
+        """
         msg = verdict.message()
         self._status.error = msg
         if verdict.action is Action.RETRY:
@@ -477,7 +499,8 @@ class BleSource:
         log.log(level, "%s: %s", self.config.name, msg, exc_info=log.isEnabledFor(logging.DEBUG))
         if verdict.action is Action.GIVE_UP:
             self._status.state = SourceState.FAILED
-        return self._backoff.max_delay()
+            return self._backoff.max_delay()
+        return self._backoff.next_delay()
 
     async def _find_device(self) -> BLEDevice:
         """An already-connected instance of the configured address, else a fresh scan."""

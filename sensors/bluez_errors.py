@@ -8,8 +8,10 @@ one actionable sentence instead of a D-Bus error name.
 Actions:
 
 * ``RETRY`` -- transient; reconnect after the normal (short, growing) backoff.
-* ``WAIT``  -- an external condition that will not clear in seconds (nothing advertising, adapter
-  powered off, BlueZ not running); retry at the backoff cap and say what to check.
+* ``WAIT``  -- an external condition that will not clear by retrying harder (nothing advertising,
+  adapter powered off, BlueZ not running); keep retrying with the normal growing backoff (it
+  reaches the cap after a few attempts, and a strap put back on is found at the next scan) and
+  tell the operator, once, what to check.
 * ``GIVE_UP`` -- configuration or permission problem that retrying cannot fix; the source reports
   itself FAILED with the advice and only probes again at the cap (so fixing the cause -- plugging
   in the adapter, adding the user to the ``bluetooth`` group -- heals it without a restart).

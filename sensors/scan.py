@@ -42,6 +42,7 @@ KNOWN_SERVICES: dict[str, str] = {
 #: never find them), so PMD devices are selected by address and their heart-rate service.
 SERVICE_PRIORITY = ("heart_rate", "pmd", "rsc", "pressure")
 _CONFIG_SERVICE_PRIORITY = ("heart_rate", "rsc", "pressure")
+_SHORT_UUID = {"heart_rate": "180d", "rsc": "1814", "pressure": "181a"}
 #: Polar models with a PMD accelerometer (the H9 and H7 have none).
 _POLAR_PMD = re.compile(r"^Polar (H10|Sense|Verity|OH1)\b", re.IGNORECASE)
 #: Bound on starting/stopping discovery (BlueZ calls), on top of the scan itself.
@@ -125,7 +126,9 @@ def config_lines(dev: ScannedDevice) -> str:
              f"address = {_toml_str(dev.address)}"]
     primary = next((s for s in _CONFIG_SERVICE_PRIORITY if s in dev.services), None)
     if primary is not None:
-        lines.append(f"service = {_toml_str(primary)}")
+        # The 16-bit UUID form: accepted by both the config validator and BleDeviceConfig.
+        short = _SHORT_UUID[primary]
+        lines.append(f"service = {_toml_str(short)}    # {primary}")
     if "pmd" in dev.services:
         if dev.name and re.match(r"^Polar H10\b", dev.name, re.IGNORECASE):
             lines.append("acc_rate_hz = 50    # Polar H10: 25/50/100/200 Hz")

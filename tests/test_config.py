@@ -179,6 +179,7 @@ def test_environment_conversion(tmp_path: Path) -> None:
     assert config.logging.level == "debug"
     assert config.outbox.max_bytes == 10_000_000
     assert load(tmp_path, env={"AGENT_SENSORS__IIO_BAROMETER": "on"}).sensors.iio_barometer is True
+    assert load(tmp_path, env={"AGENT_RELAY__PORT": "08765"}).relay.port == 8765
 
 
 def test_empty_environment_value_unsets_an_optional_key(tmp_path: Path) -> None:

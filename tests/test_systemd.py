@@ -15,6 +15,7 @@ environment (``NOTIFY_SOCKET``, ``WATCHDOG_USEC``) and reads what the daemon sen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ from types import TracebackType
 import pytest
 
 from agent.config import APP_NAME, EXIT_CONFIG
-from agent.systemd import Notifier
+from agent.systemd import Notifier, watchdog_pinger
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "wearable-agent.service"
@@ -369,3 +370,36 @@ def test_security_check_would_catch_weakened_hardening(tmp_path: Path) -> None:
     exposure, done = _exposure(weak, tmp_path)
     assert exposure > MAX_EXPOSURE
     assert done.returncode != 0
+
+
+async def test_watchdog_pinger_pings_at_half_the_interval(tmp_path: Path) -> None:
+    with NotifySocket(tmp_path, watchdog_usec=30_000_000) as sock:
+        notifier = Notifier.from_env(sock.env)
+        naps: list[float] = []
+
+        async def fake_sleep(seconds: float) -> None:
+            naps.append(seconds)
+            if len(naps) == 3:
+                raise asyncio.CancelledError
+
+        with pytest.raises(asyncio.CancelledError):
+            await watchdog_pinger(notifier, sleep=fake_sleep)
+        assert naps == [15.0, 15.0, 15.0]
+        assert sock.pending() == ["WATCHDOG=1"] * 3
+
+
+async def test_watchdog_pinger_on_the_real_loop(tmp_path: Path) -> None:
+    # 20 ms watchdog: pings every 10 ms; we await the datagrams, not a wall-clock sleep.
+    with NotifySocket(tmp_path, watchdog_usec=20_000) as sock:
+        task = asyncio.create_task(watchdog_pinger(Notifier.from_env(sock.env)))
+        try:
+            async with asyncio.timeout(10):
+                assert [await sock.arecv() for _ in range(3)] == ["WATCHDOG=1"] * 3
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def test_watchdog_pinger_returns_without_a_watchdog() -> None:
+    await asyncio.wait_for(watchdog_pinger(Notifier.from_env({"NOTIFY_SOCKET": "/x"})), 5)

@@ -7,6 +7,9 @@ import contextlib
 import itertools
 import json
 import logging
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,6 +345,8 @@ async def test_client_bug_codes_stop_and_report(tmp_path: Path, code: int) -> No
     assert uplink.state.state is ConnState.STOPPED
     assert str(code) in (uplink.state.stopped_reason or "")
     assert broker.connections == 1
+    await uplink.close()  # closing a stopped uplink keeps the reason visible
+    assert uplink.state.state is ConnState.STOPPED
 
 
 async def test_4001_mints_fresh_tokens_and_backs_off_to_max(tmp_path: Path) -> None:
@@ -413,8 +418,48 @@ async def test_static_token_runs_out_after_one_connection(tmp_path: Path) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# URLs
+# URLs and TLS
 # ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+async def test_wss_verifies_certificates_and_accepts_a_custom_ca(
+    tmp_path: Path, self_signed: tuple[Path, Path]
+) -> None:
+    cert, key = self_signed
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    broker = Broker(serve_forever)
+    async with serve(broker.handler, "127.0.0.1", 0, ssl=server_ctx) as server:
+        url = f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}/connect"
+        box = await Outbox.open(tmp_path / "o.sqlite3")
+        await box.append_durable([hr(i) for i in range(3)])
+        sleep = RecordingSleep()
+        untrusting = Uplink(url, CountingTokens(), box, sleep=sleep, backoff=fast_backoff())
+        async with running(untrusting):
+            await sleep.calls(1)
+        assert "CERTIFICATE_VERIFY_FAILED" in (untrusting.state.last_error or "")
+        assert broker.connections == 0
+
+        trusting = Uplink(url, CountingTokens(), box, ca_file=cert, barrier_spacing_s=0.01)
+        async with running(trusting):
+            await until(trusting, lambda: trusting.acked_id == box.last_id)
+        await box.close()
+    assert len(broker.submits) == 3
+
 
 
 def test_plain_ws_only_to_loopback() -> None:

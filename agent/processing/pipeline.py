@@ -60,6 +60,9 @@ FloatArray = NDArray[np.float64]
 
 #: Default submit rate of ACCELERATION and GYROSCOPE: Terra's demo producer sends 4 Hz.
 DEFAULT_SUBMIT_HZ = 4.0
+#: A foot pod counts steps itself only when no accelerometer block arrived for this long (and
+#: pod samples further apart than this are a gap, not walking time).
+POD_STEPS_AFTER_S = 5.0
 
 
 class StepDetectorLike(Protocol):
@@ -147,6 +150,8 @@ class Processor:
         self._now: float | None = None
         self._heart_rate: float | None = None
         self._battery: dict[str, int] = {}
+        self._pod_t: float | None = None
+        self._pod_fraction = 0.0
         self.dropped = 0
 
     # -- input ---------------------------------------------------------------------------------
@@ -272,10 +277,30 @@ class Processor:
         self._advance(s.t)
         self._cadence.add_rsc(s.t, s.cadence_spm)
         added = self._distance.add_rsc(s.t, s.speed_mps, s.total_m)
-        if added > 0:
-            self._totals.add(s.t, distance_m=added)
+        steps = self._pod_steps(s)
+        if added > 0 or steps:
+            if self._totals.add(s.t, steps=steps, distance_m=added):
+                self._offer_totals(s.t, out)
+            self._offer(DataType.STEPS, s.t, float(self._totals.totals.steps), out)
             self._offer(DataType.DISTANCE, s.t, round(self._totals.totals.distance_m, 2), out)
         self._derived(s.t, out)
+
+    def _pod_steps(self, s: RscSample) -> int:
+        """Whole steps from a foot pod's cadence, only while no accelerometer is streaming.
+
+        With an accelerometer the step detector counts; a pod alone would otherwise never
+        advance STEPS. Cadence × elapsed time is accumulated with its fraction carried over.
+        """
+        prev, self._pod_t = self._pod_t, s.t
+        if prev is None or s.t - self._last_acc_t <= POD_STEPS_AFTER_S:
+            return 0
+        dt = s.t - prev
+        if not (0.0 < dt <= POD_STEPS_AFTER_S) or not (0.0 <= s.cadence_spm <= 300.0):
+            return 0
+        self._pod_fraction += s.cadence_spm / 60.0 * dt
+        whole = int(self._pod_fraction)
+        self._pod_fraction -= whole
+        return whole
 
     def _on_steps(self, steps: FloatArray, out: list[Reading]) -> None:
         if steps.size == 0:

@@ -71,6 +71,10 @@ class StepDetectorConfig:
         rhythm_tolerance: relative deviation of a step interval from the current period that
             still counts as the same walk (gait is rhythmic: stride-to-stride variation is a few
             percent, left/right asymmetry a little more; handling motions are not rhythmic).
+        min_step_ratio: a peak weaker than this fraction of the walk's median step prominence is
+            not a step. Steady gait repeats its impact closely; the weight shift before the first
+            heel strike, the closing shuffle after the last one and handling bumps are several
+            times weaker than real steps.
     """
 
     fs_hz: float = 50.0
@@ -86,6 +90,7 @@ class StepDetectorConfig:
     max_interval_s: float = 2.0
     bout_min_steps: int = 5
     rhythm_tolerance: float = 0.4
+    min_step_ratio: float = 0.4
 
 
 class StepDetector:
@@ -127,7 +132,8 @@ class StepDetector:
         self._pending: tuple[float, float] | None = None
         # bout gate
         self._walking = False
-        self._bout: list[float] = []
+        self._bout: list[tuple[float, float]] = []  # (time, prominence) of the train
+        self._proms: deque[float] = deque(maxlen=8)  # prominences of recent counted steps
         self._last_step: float | None = None
         self._intervals: deque[float] = deque(maxlen=8)
         self._period = 0.55
@@ -192,7 +198,7 @@ class StepDetector:
         if self._anchor is not None:
             self._settle(math.inf, out)
         if self._pending is not None:
-            self._commit(self._pending[0], out)
+            self._commit(*self._pending, out)
             self._pending = None
         self._reset_segment()
         return np.asarray(out, dtype=np.float64)
@@ -248,7 +254,7 @@ class StepDetector:
         # the pending peak is final once its refractory window has passed
         now = self._anchor + (self._buf_k0 + y.size - 1 - self._settle_n) * self._dt - delay
         if self._pending is not None and now - self._pending[0] >= self._min_interval():
-            self._commit(self._pending[0], out)
+            self._commit(*self._pending, out)
             self._pending = None
         # keep enough history for the prominence window of not yet judged peaks
         drop = self._k_done - self._buf_k0 - self._wlen
@@ -270,29 +276,36 @@ class StepDetector:
                 if prom > self._pending[1]:
                     self._pending = (tp, prom)
                 return
-            self._commit(self._pending[0], out)
+            self._commit(*self._pending, out)
         self._pending = (tp, prom)
 
-    def _commit(self, ts: float, out: list[float]) -> None:
+    def _commit(self, ts: float, prom: float, out: list[float]) -> None:
         """Walking-bout gate: count a step directly while walking, else buffer the train."""
         cfg = self.config
         if self._walking and self._last_step is not None:
             iv = ts - self._last_step
             if iv <= min(cfg.max_interval_s, (1 + cfg.rhythm_tolerance) * self._period):
+                if prom < cfg.min_step_ratio * float(np.median(np.asarray(self._proms))):
+                    return  # a weak bump inside the rhythm (e.g. the closing step's shuffle)
                 self._observe(iv)
+                self._proms.append(prom)
                 self._last_step = ts
                 out.append(ts)
                 return
             # the rhythm broke: this peak may start a new walk, it must earn its place again
             self._walking = False
             self._bout = []
-        if self._bout and ts - self._bout[-1] > cfg.max_interval_s:
+        if self._bout and ts - self._bout[-1][0] > cfg.max_interval_s:
             self._bout = []
-        self._bout.append(ts)
+        self._bout.append((ts, prom))
+        # steps of one walk have similar impact: weak bumps (gait initiation, handling) are dropped
+        med_prom = float(np.median([p for _, p in self._bout]))
+        self._bout = [b for b in self._bout if b[1] >= cfg.min_step_ratio * med_prom]
         if len(self._bout) > cfg.bout_min_steps:
             self._bout.pop(0)
         if len(self._bout) == cfg.bout_min_steps:
-            ivs = np.diff(np.asarray(self._bout))
+            times = np.asarray([b[0] for b in self._bout])
+            ivs = np.diff(times)
             med = float(np.median(ivs))
             if (
                 cfg.min_interval_s <= med <= cfg.max_interval_s
@@ -302,8 +315,10 @@ class StepDetector:
                 self._intervals.clear()
                 for d in ivs.tolist():
                     self._observe(d)
-                out.extend(self._bout)
-                self._last_step = self._bout[-1]
+                self._proms.clear()
+                self._proms.extend(b[1] for b in self._bout)
+                out.extend(times.tolist())
+                self._last_step = float(times[-1])
                 self._bout = []
 
     def _observe(self, interval: float) -> None:

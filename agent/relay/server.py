@@ -86,12 +86,16 @@ from agent.protocol import (
     HeartbeatRequested,
     IdentifyRequested,
     IdentifyType,
+    ProtocolError,
     Replay,
     ReplayRequested,
     ServerSession,
+    ServerState,
     SubmitRequested,
     identify_type_name,
+    parse_data_type,
     serialize_dispatch,
+    validate_submit_data,
 )
 from agent.relay.auth import MAX_USER_ID_CHARS, Credentials, TokenRegistry
 from agent.relay.store import DispatchStore, Pending, Stored
@@ -108,6 +112,7 @@ SLOW_CONSUMER_CLOSE: Final = 1008
 #: Close code when the database failed and acknowledgements cannot be given (RFC 6455).
 STORE_FAILED_CLOSE: Final = 1011
 _ACK_TEXT: Final = '{"op":1}'
+_READY_TEXT: Final = '{"op":4}'
 _JSON_HEADERS: Final = (("Content-Type", "application/json"), ("Cache-Control", "no-store"))
 _ROUTES: Final[Mapping[str, str]] = {
     "/connect": "GET",
@@ -176,11 +181,11 @@ class _Conn:
     uid: str | None = None
     # producers: (barrier future or None, text) in order; consumers: dispatch texts
     outbox: deque[tuple[asyncio.Future[bool] | None, str]] = field(default_factory=deque)
-    priority_acks: int = 0
+    priority_acks: int = 0  # consumer ACKs, sent ahead of queued DISPATCHes once READY is out
+    ready_sent: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     last_batch: asyncio.Future[bool] | None = None
-    last_sent_seq: int = 0
     replays: deque[Replay] = field(default_factory=deque)
     close_code: int | None = None
     close_reason: str = ""
@@ -386,7 +391,7 @@ class Relay:
 
     @property
     def store(self) -> DispatchStore:
-        """The read-only store (call its methods from a thread or after :meth:`close`)."""
+        """The read-only store, for tests and tools (small reads; prefer :meth:`dispatches`)."""
         assert self._rstore is not None
         return self._rstore
 
@@ -494,22 +499,13 @@ class Relay:
 
     async def _on_frame(self, conn: _Conn, message: str | bytes) -> bool:
         """Handle one frame; False once the connection is closing."""
+        if conn.kind is IdentifyType.USER:
+            fast = _fast_submit(conn.session, message)
+            if fast is not None:
+                return await self._submit(conn, *fast)
         event = conn.session.receive(message, asyncio.get_running_loop().time())
         if isinstance(event, SubmitRequested):
-            assert conn.dev_id is not None and conn.uid is not None
-            submit = event.submit
-            self._pending.append(
-                Pending(conn.dev_id, conn.uid, str(submit.type), _compact(submit.d))
-            )
-            fut = self._pending_future
-            assert fut is not None
-            conn.last_batch = fut
-            self._have_pending.set()
-            while len(self._pending) >= self.config.max_pending_submits:
-                # backpressure: wait until the writer takes this batch (it is then stored
-                # while the next one is parsed: double buffering, never more)
-                await self._swapped.wait()
-            return True
+            return await self._submit(conn, str(event.submit.type), _compact(event.submit.d))
         if isinstance(event, HeartbeatRequested):
             if conn.kind is IdentifyType.DEVELOPER:
                 conn.priority_acks += 1
@@ -528,6 +524,20 @@ class Relay:
         await self._close_conn(conn, event.code, event.reason)
         return False
 
+    async def _submit(self, conn: _Conn, t: str, d_text: str) -> bool:
+        """Queue a validated SUBMIT for the next batch (waiting if the batch is full)."""
+        assert conn.dev_id is not None and conn.uid is not None
+        self._pending.append(Pending(conn.dev_id, conn.uid, t, d_text))
+        fut = self._pending_future
+        assert fut is not None
+        conn.last_batch = fut
+        self._have_pending.set()
+        while len(self._pending) >= self.config.max_pending_submits:
+            # backpressure: wait until the writer takes this batch (it is then stored while
+            # the next one is parsed: double buffering, never more)
+            await self._swapped.wait()
+        return True
+
     async def _identify(self, conn: _Conn, event: IdentifyRequested) -> bool:
         grant = self.tokens.consume(event.token, event.type, self.clock())
         if grant is None:
@@ -545,7 +555,6 @@ class Relay:
         else:
             older = self._consumers.get(grant.dev_id)
             self._consumers[grant.dev_id] = conn
-            conn.last_sent_seq = self._dispatched.get(grant.dev_id, 0)
         if older is not None and older is not conn:
             task = asyncio.create_task(
                 self._close_conn(older, CloseCode.DUPLICATE_CONNECTION, "duplicate connection")
@@ -553,7 +562,9 @@ class Relay:
             self._closers.add(task)
             task.add_done_callback(self._closers.discard)
         log.info("relay: %s identified", conn.who())
-        await conn.ws.send(ready)
+        # READY goes through the ordered queue: behind any ACK of an earlier HEARTBEAT
+        conn.outbox.append((None, ready))
+        conn.wake.set()
         return True
 
     def _replay(self, conn: _Conn, replay: Replay) -> None:
@@ -597,11 +608,14 @@ class Relay:
         ws = conn.ws
         low_water = max(1, self.config.consumer_queue_frames // 2)
         while True:
-            if conn.priority_acks:
+            if conn.priority_acks and conn.ready_sent:
                 conn.priority_acks -= 1
                 await ws.send(_ACK_TEXT)
                 continue
             if not conn.outbox:
+                if conn.priority_acks:  # READY not sent yet: it is queued behind nothing
+                    conn.ready_sent = True
+                    continue
                 conn.wake.clear()
                 conn.drained.set()
                 await conn.wake.wait()
@@ -613,6 +627,8 @@ class Relay:
                 await self._close_conn(conn, STORE_FAILED_CLOSE, "relay storage failed")
                 return
             await ws.send(text)
+            if text == _READY_TEXT:
+                conn.ready_sent = True
 
     async def _watchdog(self, conn: _Conn) -> None:
         """Apply the session's IDENTIFY and heartbeat deadlines."""
@@ -681,7 +697,10 @@ class Relay:
                 fut.set_result(False)
                 self._writer_idle.set()
                 continue
-            self._dispatch(stored)
+            try:
+                self._dispatch(stored)
+            except Exception:  # stored is stored: ACKs may go; consumers can REPLAY
+                log.exception("relay: dispatching %d stored rows failed", len(stored))
             fut.set_result(True)
             await self._wait_for_consumers({s.dev_id for s in stored})
             if not self._pending:
@@ -714,7 +733,6 @@ class Relay:
                 self._slow_consumer(consumer)
                 continue
             consumer.outbox.append((None, serialize_dispatch(s.d, s.uid, s.seq, s.t)))
-            consumer.last_sent_seq = s.seq
             consumer.wake.set()
 
     def _slow_consumer(self, conn: _Conn) -> None:
@@ -751,6 +769,40 @@ class Relay:
 
 
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _fast_submit(session: ServerSession, message: str | bytes) -> tuple[str, str] | None:
+    """``(t, d_text)`` of a SUBMIT the core accepts, or None: let the core decide.
+
+    The hot path of a producer draining a backlog: the same checks as
+    :func:`agent.protocol.parse` + :meth:`ServerSession.receive` for SUBMIT (JSON object without
+    NaN/Infinity, integer ``op`` 6, object ``d``, known ``t``, the core's
+    :func:`validate_submit_data`), without the generic machinery. It only ever *accepts*; any
+    doubt returns None and the frame goes through the core, which picks the close code. The
+    fuzz test checks the relay against the core on arbitrary frames.
+    """
+    if session.state is not ServerState.READY or session.kind is not IdentifyType.USER:
+        return None
+    try:
+        text = message if isinstance(message, str) else message.decode("utf-8")
+        obj = _DECODER.decode(text)
+        if type(obj) is not dict or type(obj.get("op")) is not int or obj["op"] != 6:
+            return None
+        d = obj.get("d")
+        if type(d) is not dict:
+            return None
+        data_type = parse_data_type(obj.get("t"))
+        validate_submit_data(data_type, d)
+        return data_type.value, _ENCODER.encode(d)
+    except (ValueError, RecursionError, ProtocolError):
+        return None
 
 
 def _compact(d: Mapping[str, Any]) -> str:

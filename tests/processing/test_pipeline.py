@@ -193,6 +193,18 @@ def test_foot_pod_wins_for_cadence_speed_and_distance() -> None:
     assert of(out, DataType.STEPS)[-1].val == 60.0
 
 
+def test_foot_pod_alone_counts_steps_from_its_cadence() -> None:
+    proc = Processor(ProcessingConfig(totals_reset="never"),
+                     step_detector=ScriptedDetector(np.empty(0)))
+    out: list[Reading] = []
+    for s in range(61):  # one minute at 150 steps/min, 1 Hz notifications, no accelerometer
+        out += proc.feed(RscSample(T0 + s, 2.5, 150.0, None, None))
+        out += proc.tick(T0 + s + 0.5)
+    out += proc.flush(T0 + 61)
+    assert of(out, DataType.STEPS)[-1].val == 150.0
+    assert of(out, DataType.DISTANCE)[-1].val == pytest.approx(150.0, abs=0.5)  # 2.5 m/s × 60 s
+
+
 def test_bad_input_never_raises() -> None:
     proc = Processor(ProcessingConfig(), step_detector=ScriptedDetector(np.empty(0)))
     proc.feed(AccBlock(np.array([T0, T0 + 0.01]), np.zeros((3, 3))))  # shape mismatch

@@ -33,7 +33,13 @@ from sensors.base import (
     SourceState,
     SourceStatus,
 )
-from sensors.ble import BleDeviceConfig, BleSource, NotificationHandlers, choose_settings
+from sensors.ble import (
+    BleDeviceConfig,
+    BleSource,
+    NotificationHandlers,
+    choose_settings,
+    service_uuid,
+)
 from sensors.pmd import ControlPointResponse, MeasurementStopped, MeasurementType, SettingType
 from tests.fakes.harness import BluezooHarness, device_path, peripheral_address
 from tests.fakes.wearables import (
@@ -174,7 +180,7 @@ async def test_foot_pod_and_pressure_sensor_run_independently(bluezoo3: BluezooH
     pod = FootPod(bluezoo3.address, "/org/bluez/hci1")
     baro = PressureSensor(bluezoo3.address, "/org/bluez/hci2")
     out = Collector()
-    pod_src = BleSource(fast_config(name="pod", service="rsc"))
+    pod_src = BleSource(fast_config(name="pod", service="1814"))  # UUID form works too
     baro_src = BleSource(fast_config(name="baro", service="pressure"))
     ghost = BleSource(fast_config(name="ghost", address="00:00:00:99:99:99", scan_timeout_s=0.3))
     async with serving(pod), serving(baro), running(pod_src, out), running(baro_src, out), \
@@ -343,6 +349,9 @@ def test_config_requires_a_way_to_find_the_device() -> None:
         BleDeviceConfig(name="x")
     with pytest.raises(ValueError, match="service must be one of"):
         BleDeviceConfig(name="x", service="ecg")
+    assert service_uuid("180D") == service_uuid("heart_rate") == service_uuid(
+        "0000180d-0000-1000-8000-00805f9b34fb")
+    assert service_uuid("pmd") == "fb005c80-02e7-f387-1cad-8acd2d8df0c8"
 
 
 def test_handlers_convert_units_and_count_bad_input() -> None:

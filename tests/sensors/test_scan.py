@@ -7,10 +7,12 @@ import asyncio
 import dataclasses
 import json
 import tomllib
+from pathlib import Path
 
 import pytest
 
 from agent import scan as scan_cmd
+from agent.config import load_config
 from sensors.ble import BleDeviceConfig
 from sensors.scan import BluetoothUnavailable, ScannedDevice, config_lines, scan, services_of
 from tests.fakes.harness import BluezooHarness, peripheral_address
@@ -87,6 +89,7 @@ async def test_agent_scan_prints_table_config_and_json(
     snippet = out[out.index("[[sensors.ble]]"):]
     table = tomllib.loads(snippet)["sensors"]["ble"][0]
     assert table["address"] == peripheral_address(1) and table["acc_rate_hz"] == 50
+    assert table["service"] == "180d"
     assert data == [{"name": "Polar H10 0A1B2C3D", "address": peripheral_address(1),
                      "rssi": data[0]["rssi"], "services": ["heart_rate", "pmd"]}]
 
@@ -101,7 +104,20 @@ def test_config_lines_are_valid_config() -> None:
         table = tomllib.loads(config_lines(dev))["sensors"]["ble"][0]
         assert set(table) <= fields
         cfg = BleDeviceConfig(**table)
-        assert cfg.address == dev.address and cfg.service != "pmd"
+        assert cfg.address == dev.address
+        # Never select by the PMD UUID: Polar sensors do not advertise it.
+        assert cfg.service in ("180d", "1814", "181a")
+
+
+def test_config_lines_pass_the_agent_config_loader(tmp_path: Path) -> None:
+    devs = [ScannedDevice("Polar H10 ABCDEF12", "A0:9E:1A:00:00:01", -60, ("heart_rate", "pmd")),
+            ScannedDevice("Stryd", "C0:FF:EE:00:00:02", -70, ("rsc",))]
+    path = tmp_path / "agent.toml"
+    path.write_text("\n".join(config_lines(d) for d in devs))
+    sections = load_config(path, env={}).sensors.ble
+    configs = [BleDeviceConfig(**dataclasses.asdict(s)) for s in sections]
+    assert [(c.name, c.service, c.acc_rate_hz) for c in configs] == [
+        ("polar-h10-abcdef12", "180d", 50), ("stryd", "1814", None)]
 
 
 def test_services_of_infers_pmd_only_for_polar_models_with_it() -> None:
