@@ -432,6 +432,7 @@ class Daemon:
                 self.recorder.close()
         if self.outbox is not None:
             stats = await self.outbox.stats()
+            self._outbox_stats = {**stats.as_dict(), "oldest_age_s": None}
             if stats.depth:
                 log.info("%d reading(s) stay in the outbox for the next run", stats.depth)
             await self.outbox.close()

@@ -26,11 +26,17 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "AGENT_SENSORS__SIMULATION__ACC_RATE_HZ": "50",
         "AGENT_SENSORS__SIMULATION__GYRO_RATE_HZ": "50",
         "AGENT_UPLINK__SHUTDOWN_GRACE_S": "10",
-        "AGENT_CONFIG": str(tmp_path / "absent.toml"),
+        "AGENT_CONFIG": str(_empty_config(tmp_path)),
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra)
     return env
+
+
+def _empty_config(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.toml"
+    path.touch()
+    return path
 
 
 def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -134,6 +134,7 @@ class StepDetector:
         self._walking = False
         self._bout: list[tuple[float, float]] = []  # (time, prominence) of the train
         self._proms: deque[float] = deque(maxlen=8)  # prominences of recent counted steps
+        self._provisional: tuple[float, float] | None = None  # weak in-rhythm peak
         self._last_step: float | None = None
         self._intervals: deque[float] = deque(maxlen=8)
         self._period = 0.55
@@ -285,22 +286,32 @@ class StepDetector:
         if self._walking and self._last_step is not None:
             iv = ts - self._last_step
             if iv <= min(cfg.max_interval_s, (1 + cfg.rhythm_tolerance) * self._period):
-                if prom < cfg.min_step_ratio * float(np.median(np.asarray(self._proms))):
-                    return  # a weak bump inside the rhythm (e.g. the closing step's shuffle)
+                # a weak peak in the rhythm counts only once the walk goes on after it: the
+                # closing shuffle after the last heel strike is weak and followed by nothing
+                weak = prom < cfg.min_step_ratio * float(np.median(np.asarray(self._proms)))
+                if self._provisional is not None:
+                    self._count(*self._provisional, out)
+                    self._provisional = None
                 self._observe(iv)
-                self._proms.append(prom)
                 self._last_step = ts
-                out.append(ts)
+                if weak:
+                    self._provisional = (ts, prom)
+                else:
+                    self._count(ts, prom, out)
                 return
             # the rhythm broke: this peak may start a new walk, it must earn its place again
             self._walking = False
+            self._provisional = None
             self._bout = []
         if self._bout and ts - self._bout[-1][0] > cfg.max_interval_s:
             self._bout = []
         self._bout.append((ts, prom))
-        # steps of one walk have similar impact: weak bumps (gait initiation, handling) are dropped
-        med_prom = float(np.median([p for _, p in self._bout]))
-        self._bout = [b for b in self._bout if b[1] >= cfg.min_step_ratio * med_prom]
+        # the weight shift before the first heel strike (and handling bumps before a walk) are
+        # much weaker than the steps that follow: drop weak leading peaks of the train
+        while len(self._bout) >= 2 and self._bout[0][1] < cfg.min_step_ratio * float(
+            np.median([p for _, p in self._bout[1:]])
+        ):
+            self._bout.pop(0)
         if len(self._bout) > cfg.bout_min_steps:
             self._bout.pop(0)
         if len(self._bout) == cfg.bout_min_steps:
@@ -316,10 +327,14 @@ class StepDetector:
                 for d in ivs.tolist():
                     self._observe(d)
                 self._proms.clear()
-                self._proms.extend(b[1] for b in self._bout)
-                out.extend(times.tolist())
-                self._last_step = float(times[-1])
+                for t_b, p_b in self._bout:
+                    self._count(t_b, p_b, out)
                 self._bout = []
+
+    def _count(self, ts: float, prom: float, out: list[float]) -> None:
+        self._proms.append(prom)
+        self._last_step = ts
+        out.append(ts)
 
     def _observe(self, interval: float) -> None:
         cfg = self.config

@@ -117,6 +117,19 @@ def test_walk_then_rest_with_the_real_detector() -> None:
     assert snap["steps"] == steps[-1].val and snap["cadence_sps"] == 0.0
 
 
+def test_totals_do_not_depend_on_block_size() -> None:
+    t, a = walking_acc(T0, 40.0, 2.0, fs=50.0, seed=4)
+    finals = []
+    for block in (5, 36, 200):
+        proc = Processor(ProcessingConfig(totals_reset="never"))
+        live(proc, t, a, block=block)
+        proc.flush(T0 + 41.0)
+        snap = proc.snapshot()
+        finals.append((snap["steps"], snap["distance_m"]))
+    assert finals[0] == finals[1] == finals[2]
+    assert finals[0][0] == pytest.approx(80, abs=2)
+
+
 def test_standing_still_for_an_hour_does_not_flood() -> None:
     proc = Processor(ProcessingConfig(acc_submit_hz=0.0, gyro_submit_hz=0.0),
                      step_detector=ScriptedDetector(np.empty(0)))

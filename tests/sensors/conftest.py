@@ -14,15 +14,11 @@ import pytest
 
 from tests.fakes.harness import DBUS_DAEMON, BluezooHarness, release_bleak_manager
 
-requires_dbus = pytest.mark.skipif(
-    not os.access(DBUS_DAEMON, os.X_OK),
-    reason=f"{DBUS_DAEMON} not installed (apt-get install dbus-daemon): BlueZoo needs a bus",
-)
-
 
 async def _harness(monkeypatch: pytest.MonkeyPatch, n: int) -> AsyncIterator[BluezooHarness]:
     if not os.access(DBUS_DAEMON, os.X_OK):
-        pytest.skip(f"{DBUS_DAEMON} not installed: BlueZoo needs a private D-Bus daemon")
+        pytest.skip(f"{DBUS_DAEMON} not installed (apt-get install dbus-daemon): BlueZoo needs "
+                    "a private D-Bus daemon")
     harness = BluezooHarness(n_adapters=n, verbose=bool(os.environ.get("BLUEZOO_VERBOSE")))
     await harness.start()
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", harness.address)

@@ -37,6 +37,7 @@ from sensors.ble import (
     BleDeviceConfig,
     BleSource,
     NotificationHandlers,
+    _PmdExchange,
     choose_settings,
     service_uuid,
 )
@@ -369,6 +370,24 @@ def test_handlers_convert_units_and_count_bad_input() -> None:
     p = out[1]
     assert isinstance(p, PressureSample) and math.isclose(p.hpa, 1013.25)
     assert status.last_sample_t == 1000.0
+
+
+async def test_multi_part_control_point_answer_is_reassembled() -> None:
+    """``more`` set: the following indications' bytes from index 5 extend the parameters."""
+    src = BleSource(fast_config(name="x", address=peripheral_address(1)))
+    h = NotificationHandlers(src.status, lambda _s: None)
+    h.pmd_response = src._on_pmd_response
+    fut: asyncio.Future[ControlPointResponse] = asyncio.get_running_loop().create_future()
+    configured: list[ControlPointResponse] = []
+    src._pmd_pending = _PmdExchange(opcode=0x01, future=fut, on_ok=configured.append)
+    h.on_pmd_control(bytes.fromhex("F0 01 02 00 01 00 02 19 00"))  # rates..., more follows
+    assert not fut.done()
+    h.on_pmd_control(bytes.fromhex("F0 03 02 00 00"))  # another op: ignored
+    h.on_pmd_control(bytes.fromhex("F0 01 02 00 00 32 00 01 01 10 00"))
+    reply = await asyncio.wait_for(fut, 1)
+    assert reply.settings[SettingType.SAMPLE_RATE] == (25, 50)
+    assert reply.settings[SettingType.RESOLUTION] == (16,)
+    assert configured == [reply] and src.status.malformed == 0
 
 
 def test_handlers_survive_a_failing_emit() -> None:
