@@ -96,6 +96,9 @@ class Daemon:
         self.uplink: Any = None
         self.recorder: RecordingWriter | None = None
         self.live: Any = None
+        self._outbox_stats: dict[str, Any] = {}
+        self._source_tasks: list[asyncio.Task[None]] = []
+        self._embedded_key = ""
         from agent.systemd import Notifier
 
         self.notifier = Notifier.from_env()
@@ -220,8 +223,6 @@ class Daemon:
             "embedded_relay": self.relay.url if self.relay is not None else None,
         }
 
-    _outbox_stats: dict[str, Any] = {}
-
     async def _status_task(self) -> None:
         path = self.config.status.path
         interval = self.config.status.interval_s
@@ -277,7 +278,7 @@ class Daemon:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (or ``duration_s``); returns the exit status."""
         from agent.outbox import Outbox
-        from agent.processing.pipeline import Processor, ProcessingConfig
+        from agent.processing.pipeline import ProcessingConfig, Processor
 
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -343,8 +344,6 @@ class Daemon:
         log.info("no broker configured: streaming into the embedded relay at %s", self.relay.url)
         return self.relay.ws_url, RelayTokens(self.relay, EMBEDDED_USER_ID)
 
-    _embedded_key = ""
-
     def _open_recorder(self, root: Path) -> None:
         from sensors.recording import RecordingWriter
 
@@ -384,13 +383,11 @@ class Daemon:
                                          return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             if uplink_task in done and not uplink_task.cancelled():
+                # The uplink only returns on a close code that retrying cannot fix (a bug on
+                # one side, or credentials): exit non-zero so systemd shows the failure.
                 exc = uplink_task.exception()
-                if exc is not None:
-                    log.error("uplink stopped: %s", exc)
-                    status = 1
-                else:
-                    log.error("uplink stopped: %s", getattr(self.uplink.state, "stopped_reason", ""))
-                    status = 1
+                log.error("uplink stopped: %s", exc or self.uplink.state.stopped_reason)
+                status = 1
             self.notifier.stopping()
             log.info("stopping: sensors first, then processing, then delivery")
             await self._stop_sources()
@@ -399,8 +396,6 @@ class Daemon:
                 task.cancel()
             await self._deliver_and_close(uplink_task)
         return status
-
-    _source_tasks: list[asyncio.Task[None]] = []
 
     async def _stop_sources(self) -> None:
         for task in self._source_tasks:
@@ -422,7 +417,7 @@ class Daemon:
         if not uplink_task.done():
             try:
                 await asyncio.wait_for(self.uplink.close(grace), timeout=grace + 5.0)
-            except (TimeoutError, Exception) as exc:  # noqa: BLE001 - shutdown must go on
+            except Exception as exc:  # shutdown must go on whatever the uplink did
                 log.warning("uplink did not close cleanly: %s", exc)
             uplink_task.cancel()
 
@@ -485,43 +480,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", help="debug, info, warning, error")
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, object]:
-    """Command-line flags → dotted config overrides (flags beat env and file)."""
-    o: dict[str, object] = {}
-    if args.simulate:
-        o["sensors.simulate"] = True
-    if args.speed is not None:
-        o["sensors.simulation.speed"] = args.speed
-    if args.server:
-        o["uplink.server"] = args.server
-    if args.token_file:
-        o["uplink.token_file"] = str(args.token_file)
-    if args.token_command:
-        o["uplink.token_command"] = args.token_command
-    if args.token_url:
-        o["uplink.token_url"] = args.token_url
-    if args.dev_id:
-        o["uplink.dev_id"] = args.dev_id
-    if args.api_key_file:
-        o["uplink.api_key_file"] = str(args.api_key_file)
-    if args.user_id:
-        o["uplink.user_id"] = args.user_id
-    if args.state_dir:
-        o["state_dir"] = str(args.state_dir)
-    if args.record:
-        o["recording.dir"] = str(args.record)
-    if args.log_level:
-        o["logging.level"] = args.log_level
-    return o
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``agent run``."""
-    from agent.config import ConfigError, load_config
+    from agent.config import ConfigError, load_config, overrides_from_args
     from agent.logs import setup_logging
 
+    overrides = overrides_from_args(args)
+    if args.speed is not None:
+        overrides["sensors.simulation.speed"] = args.speed
     try:
-        config = load_config(args.config, overrides=overrides_from_args(args))
+        config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:
         print(f"agent run: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -141,6 +141,7 @@ class _Store:
         self.max_bytes = max_bytes
         self.tz = tz
         self.recovered_from: Path | None = None
+        self.rejected = 0  # readings that could not be serialised (this process)
         try:
             self.db = self._open_checked()
         except sqlite3.DatabaseError as exc:
@@ -197,11 +198,25 @@ class _Store:
         tz = self.tz
         rows = []
         added = 0
+        bad: list[str] = []
         for r in readings:
-            frame = r.submit_text(tz)
+            try:
+                frame = r.submit_text(tz)
+            except (ValueError, OverflowError, OSError, TypeError) as exc:
+                # unrepresentable (NaN, inf, absurd time): it can never be sent, and one bad
+                # reading must not block the batch it came with
+                bad.append(f"{getattr(r, 'type', '?')}: {exc}")
+                continue
             size = len(frame)
             added += size
             rows.append((str(r.type), r.t, frame, size, _prio(r.type)))
+        if bad:
+            self.rejected += len(bad)
+            log.error(
+                "outbox rejected %d unrepresentable reading(s), e.g. %s", len(bad), bad[0]
+            )
+        if not rows:
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.executemany(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -228,6 +229,10 @@ class Watcher:
                             ):
                                 await ws.close(1000)
                                 return 1000, "enough messages", True
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(ws.close(1000, "consumer stopping"))
+                    raise
                 except p.ProtocolError as exc:
                     log.error("server broke the protocol: %s", exc.message)
                     await ws.close(int(exc.close_code), exc.message[:100])

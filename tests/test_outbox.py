@@ -15,6 +15,8 @@ from agent.outbox import Outbox
 from agent.protocol import DataType, parse
 from agent.readings import Reading
 
+T0_BAD = 1_700_000_000.0
+
 
 def hr(i: int, t0: float = 1_700_000_000.0) -> Reading:
     return Reading(DataType.HEART_RATE, t0 + i, val=60 + i % 50)
@@ -228,4 +230,17 @@ async def test_memory_paging_returns_at_most_limit(tmp_path: Path) -> None:
         seen += len(rows)
         after = rows[-1][0]
     assert seen == 5000
+    await box.close()
+
+
+async def test_unrepresentable_reading_does_not_block_its_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    box = await Outbox.open(tmp_path / "o.sqlite3")
+    caplog.set_level(logging.ERROR, logger="agent.outbox")
+    bad = Reading(DataType.HEART_RATE, T0_BAD, val=float("nan"))
+    await box.append_durable([hr(1), bad, hr(2)])
+    rows = await box.next_batch(0, 10)
+    assert [json.loads(f)["d"]["val"] for _, f in rows] == [61, 62]
+    assert any("rejected 1" in r.getMessage() for r in caplog.records)
     await box.close()

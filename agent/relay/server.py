@@ -183,6 +183,10 @@ class _Conn:
     outbox: deque[tuple[asyncio.Future[bool] | None, str]] = field(default_factory=deque)
     priority_acks: int = 0  # consumer ACKs, sent ahead of queued DISPATCHes once READY is out
     ready_sent: bool = False
+    queued_total: int = 0  # DISPATCHes ever queued / written to the socket (delivery barrier)
+    sent_total: int = 0
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     last_batch: asyncio.Future[bool] | None = None
@@ -190,6 +194,10 @@ class _Conn:
     close_code: int | None = None
     close_reason: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def gone(self) -> bool:
+        """Closing or closed: nothing more will be written."""
+        return self.close_code is not None or self.finished
 
     def who(self) -> str:
         """Identity for logs (never a token)."""
@@ -562,9 +570,12 @@ class Relay:
             self._closers.add(task)
             task.add_done_callback(self._closers.discard)
         log.info("relay: %s identified", conn.who())
-        # READY goes through the ordered queue: behind any ACK of an earlier HEARTBEAT
-        conn.outbox.append((None, ready))
-        conn.wake.set()
+        if conn.outbox:  # behind the ACK of an earlier HEARTBEAT that waits for its batch
+            conn.outbox.append((None, ready))
+            conn.wake.set()
+        else:
+            await conn.ws.send(ready)
+            conn.ready_sent = True
         return True
 
     def _replay(self, conn: _Conn, replay: Replay) -> None:
@@ -597,6 +608,7 @@ class Relay:
                     if conn.close_code is not None:
                         return
                     conn.outbox.append((None, serialize_dispatch(s.d, s.uid, s.seq, s.t)))
+                    conn.queued_total += 1
                     conn.wake.set()
                 if len(rows) < page_rows:
                     break
@@ -629,6 +641,8 @@ class Relay:
             await ws.send(text)
             if text == _READY_TEXT:
                 conn.ready_sent = True
+            conn.sent_total += 1
+            conn.progress.set()
 
     async def _watchdog(self, conn: _Conn) -> None:
         """Apply the session's IDENTIFY and heartbeat deadlines."""
@@ -655,6 +669,9 @@ class Relay:
     async def _finish(self, conn: _Conn) -> None:
         """Unregister a connection and log its one close line."""
         self._conns.discard(conn)
+        conn.finished = True
+        conn.progress.set()
+        conn.drained.set()
         if conn.dev_id is not None:
             if conn.uid is not None and self._producers.get((conn.dev_id, conn.uid)) is conn:
                 del self._producers[(conn.dev_id, conn.uid)]
@@ -698,10 +715,16 @@ class Relay:
                 self._writer_idle.set()
                 continue
             try:
-                self._dispatch(stored)
+                targets = self._dispatch(stored)
             except Exception:  # stored is stored: ACKs may go; consumers can REPLAY
                 log.exception("relay: dispatching %d stored rows failed", len(stored))
-            fut.set_result(True)
+                targets = []
+            if targets:
+                task = asyncio.create_task(self._release_when_delivered(fut, targets))
+                self._closers.add(task)
+                task.add_done_callback(self._closers.discard)
+            else:
+                fut.set_result(True)
             await self._wait_for_consumers({s.dev_id for s in stored})
             if not self._pending:
                 self._writer_idle.set()
@@ -722,7 +745,31 @@ class Relay:
             except TimeoutError:
                 self._slow_consumer(conn)
 
-    def _dispatch(self, stored: list[Stored]) -> None:
+    async def _release_when_delivered(
+        self, fut: asyncio.Future[bool], targets: list[tuple[_Conn, int]]
+    ) -> None:
+        """Resolve a batch once its DISPATCHes are written to the consumers' sockets.
+
+        So a producer's HEARTBEAT_ACK follows the delivery of what it submitted before, not
+        just its queueing. A consumer that takes longer than ``consumer_stall_s`` is cut off.
+        """
+        try:
+            async with asyncio.timeout(self.config.consumer_stall_s):
+                for conn, target in targets:
+                    while conn.sent_total < target and not conn.gone():
+                        conn.progress.clear()
+                        await conn.progress.wait()
+        except TimeoutError:
+            for conn, target in targets:
+                if conn.sent_total < target and not conn.gone():
+                    self._slow_consumer(conn)
+        finally:
+            if not fut.done():
+                fut.set_result(True)
+
+    def _dispatch(self, stored: list[Stored]) -> list[tuple[_Conn, int]]:
+        """Queue DISPATCHes; returns each consumer reached with its delivery target."""
+        targets: dict[_Conn, int] = {}
         limit = self.config.consumer_queue_frames
         for s in stored:
             self._dispatched[s.dev_id] = s.seq
@@ -733,14 +780,20 @@ class Relay:
                 self._slow_consumer(consumer)
                 continue
             consumer.outbox.append((None, serialize_dispatch(s.d, s.uid, s.seq, s.t)))
+            consumer.queued_total += 1
             consumer.wake.set()
+            targets[consumer] = consumer.queued_total
+        return list(targets.items())
 
     def _slow_consumer(self, conn: _Conn) -> None:
         # everything queued for it is dropped: the consumer REPLAYs after the last seq it got
+        if conn.close_code is not None:
+            return
         conn.outbox.clear()
         reason = "consumer too slow: reconnect and REPLAY after your last seq"
         conn.close_code, conn.close_reason = SLOW_CONSUMER_CLOSE, reason
         conn.drained.set()
+        conn.progress.set()
         task = asyncio.create_task(self._close_conn(conn, SLOW_CONSUMER_CLOSE, reason))
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)
