@@ -167,8 +167,8 @@ class ProcessingSection:
 
     height_m: float = field(default=1.75, metadata={"ge": 0.5, "le": 2.6})
     step_length_factor: float = field(default=1.0, metadata={"gt": 0, "le": 3.0})
-    acc_submit_hz: float = field(default=4.0, metadata={"gt": 0, "le": 200.0})
-    gyro_submit_hz: float = field(default=4.0, metadata={"gt": 0, "le": 200.0})
+    acc_submit_hz: float = field(default=4.0, metadata={"ge": 0, "le": 200.0})
+    gyro_submit_hz: float = field(default=4.0, metadata={"ge": 0, "le": 200.0})
     totals_reset: Literal["daily", "never", "session"] = "daily"
     timezone: str | None = None
 

@@ -320,10 +320,12 @@ class Daemon:
                 url, tokens = await self._start_embedded_relay()
             else:
                 url, tokens = cfg.uplink.server, self._build_tokens()
+            from agent.backoff import Backoff
             from agent.uplink import Uplink
 
             self.uplink = Uplink(
                 url, tokens, self.outbox,
+                backoff=Backoff(cap_s=cfg.uplink.backoff_cap_s),
                 ca_file=cfg.uplink.ca_file,
                 allow_insecure_ws=cfg.uplink.allow_insecure_ws or cfg.uplink.server is None,
                 barrier_spacing_s=cfg.uplink.barrier_spacing_s,

@@ -202,7 +202,7 @@ class _Store:
         for r in readings:
             try:
                 frame = r.submit_text(tz)
-            except (ValueError, OverflowError, OSError, TypeError) as exc:
+            except (ValueError, OverflowError, OSError, TypeError, AttributeError) as exc:
                 # unrepresentable (NaN, inf, absurd time): it can never be sent, and one bad
                 # reading must not block the batch it came with
                 bad.append(f"{getattr(r, 'type', '?')}: {exc}")
@@ -414,7 +414,11 @@ class Outbox:
         return added
 
     async def append_durable(self, readings: Iterable[Reading]) -> int:
-        """Append and return once the readings are committed (survive a process crash)."""
+        """Append and return once the readings are committed (survive a process crash).
+
+        If the commit fails (disk full, I/O error) this raises that error, but the readings stay
+        buffered and the flusher keeps retrying them: do not append them again.
+        """
         n = self.append(readings)
         await self.flush()
         return n

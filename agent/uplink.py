@@ -231,7 +231,7 @@ class Uplink:
         self._changed = asyncio.Event()
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Wait until ``predicate()`` holds; re-checked on every state change and ACK.
+        """Wait until ``predicate()`` holds; re-checked on every state change, page sent and ACK.
 
         For supervisors, scripts and tests: e.g. ``await uplink.wait_for(lambda:
         uplink.acked_id >= outbox.last_id)``. Bound it with ``asyncio.timeout``.
@@ -550,6 +550,7 @@ class Uplink:
                 conn.sent_hw = rid
                 conn.sent_count += 1
             self.state.sent += len(batch)
+            self._notify()
             conn.beat_wake.set()
             await asyncio.sleep(0)  # let the reader and beater run between pages
 

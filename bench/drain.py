@@ -162,11 +162,11 @@ async def child(outbox_path: Path, base: str, key_file: Path) -> None:
     uplink = Uplink(ws_url, tokens, box)
     t0 = time.perf_counter()
     task = asyncio.create_task(uplink.run())
-    while uplink.acked_id < box.last_id:
-        await asyncio.sleep(0.05)
-        if task.done():
-            task.result()
-            raise RuntimeError("uplink ended early")
+    waiter = asyncio.create_task(uplink.wait_for(lambda: uplink.acked_id >= box.last_id))
+    await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+        raise RuntimeError("uplink ended early")
     seconds = time.perf_counter() - t0
     await uplink.close(grace_s=5.0)
     await task

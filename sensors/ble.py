@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -418,6 +419,73 @@ class _Link:
     battery: bool = False
 
 
+AdvCallback = Callable[[BLEDevice, AdvertisementData], None]
+
+
+class _SharedScanner:
+    """One BlueZ discovery per adapter, shared by every :class:`BleSource` of this process.
+
+    Why: bluetoothd allows one discovery session per D-Bus client ("Every client can only start
+    one discovery", ``src/adapter.c``: a second ``StartDiscovery`` gets
+    ``org.bluez.Error.InProgress``) and bleak talks over one connection per event loop, so two
+    sources scanning on the same adapter at once would fail, and the first ``StopDiscovery``
+    would end the other's scan. Consumers join and leave; the scan runs while anyone listens.
+    A late joiner is first given what the running scan has already seen.
+    """
+
+    def __init__(self, adapter: str | None) -> None:
+        self._adapter = adapter
+        self._callbacks: list[AdvCallback] = []
+        self._scanner: BleakScanner | None = None
+        self._lock = asyncio.Lock()
+
+    async def add(self, callback: AdvCallback) -> None:
+        async with self._lock:
+            self._callbacks.append(callback)
+            if self._scanner is not None:
+                seen = self._scanner.discovered_devices_and_advertisement_data
+                for device, adv in list(seen.values()):
+                    callback(device, adv)
+                return
+            bluez: Any = {"adapter": self._adapter} if self._adapter else {}
+            scanner = BleakScanner(self._dispatch, bluez=bluez)
+            try:
+                async with asyncio.timeout(GATT_TIMEOUT_S):
+                    await scanner.start()
+            except BaseException:
+                self._callbacks.remove(callback)
+                raise
+            self._scanner = scanner
+
+    async def remove(self, callback: AdvCallback) -> None:
+        async with self._lock:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+            if self._callbacks or self._scanner is None:
+                return
+            scanner, self._scanner = self._scanner, None
+            async with asyncio.timeout(GATT_TIMEOUT_S):
+                await scanner.stop()
+
+    def _dispatch(self, device: BLEDevice, adv: AdvertisementData) -> None:
+        for callback in list(self._callbacks):
+            callback(device, adv)
+
+
+_SCANNERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _SharedScanner]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _shared_scanner(adapter: str | None) -> _SharedScanner:
+    """The shared scanner of ``adapter`` (None: BlueZ's default) in the running event loop."""
+    per_loop = _SCANNERS.setdefault(asyncio.get_running_loop(), {})
+    key = adapter or ""
+    if key not in per_loop:
+        per_loop[key] = _SharedScanner(adapter)
+    return per_loop[key]
+
+
 class BleSource:
     """A reconnecting BLE sensor source implementing :class:`sensors.base.Source`."""
 
@@ -534,9 +602,8 @@ class BleSource:
             if not found.done() and self.config.matches(device, adv):
                 found.set_result(device)
 
-        scanner = BleakScanner(on_adv, bluez=self._bluez_args())
-        async with asyncio.timeout(GATT_TIMEOUT_S):
-            await scanner.start()
+        scanner = _shared_scanner(self.config.adapter)
+        await scanner.add(on_adv)
         try:
             async with asyncio.timeout(self.config.scan_timeout_s):
                 return await found
@@ -544,8 +611,7 @@ class BleSource:
             raise DeviceNotFound(self._describe()) from None
         finally:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(GATT_TIMEOUT_S):
-                    await scanner.stop()
+                await scanner.remove(on_adv)
 
     def _describe(self) -> str:
         parts = [f"{k}={v}" for k, v in (("address", self.config.address),

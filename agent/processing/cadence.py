@@ -17,6 +17,8 @@ is numpy on that small array, independent of the accelerometer rate.
 
 from __future__ import annotations
 
+import itertools
+import statistics
 from typing import Final
 
 import numpy as np
@@ -79,13 +81,16 @@ class CadenceEstimator:
             -(self._n + 1) :
         ]
         # The median interval only changes here, so value() is cheap between steps.
-        iv = np.diff(self._times)
-        pause = np.flatnonzero(iv > MAX_INTERVAL_S)
-        if pause.size:
-            iv = iv[pause[-1] + 1 :]
-        iv = iv[iv >= MIN_INTERVAL_S]
-        self._interval = float(np.median(iv)) if iv.size else None
-        self._last = float(self._times[-1])
+        ts = self._times.tolist()
+        iv: list[float] = []
+        for a, b in itertools.pairwise(ts):
+            d = b - a
+            if d > MAX_INTERVAL_S:
+                iv.clear()  # a pause: only the current bout counts
+            elif d >= MIN_INTERVAL_S:
+                iv.append(d)
+        self._interval = statistics.median(iv) if iv else None
+        self._last = ts[-1]
 
     def add_rsc(self, t: float, cadence_spm: float) -> None:
         """Record a foot-pod cadence (steps per minute, as the RSC profile reports it)."""

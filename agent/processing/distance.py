@@ -24,6 +24,7 @@ integrated over time when it reports no distance) is used instead.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -58,9 +59,15 @@ def length_ratio(cadence_hz: NDArray[np.float64] | float) -> NDArray[np.float64]
     return np.clip(BASE_RATIO + RATIO_PER_HZ * (c - REFERENCE_CADENCE_HZ), RATIO_MIN, RATIO_MAX)
 
 
+def _ratio(cadence_hz: float) -> float:
+    """Scalar :func:`length_ratio` (hot path: no numpy call overhead)."""
+    r = BASE_RATIO + RATIO_PER_HZ * (cadence_hz - REFERENCE_CADENCE_HZ)
+    return min(max(r, RATIO_MIN), RATIO_MAX)
+
+
 def step_length(height_m: float, cadence_hz: float, factor: float = 1.0) -> float:
     """One step's length in metres."""
-    return float(height_m * factor * length_ratio(cadence_hz))
+    return height_m * factor * _ratio(cadence_hz)
 
 
 class DistanceTracker:
@@ -77,7 +84,8 @@ class DistanceTracker:
         self.factor = factor
         self._rsc_max_age = rsc_max_age_s
         self._last_step: float | None = None
-        self._iv_hist: NDArray[np.float64] = np.full(SMOOTH_INTERVALS - 1, np.nan)
+        self._iv_hist: deque[float | None] = deque([None] * SMOOTH_INTERVALS,
+                                                   maxlen=SMOOTH_INTERVALS)
         self._rsc_t: float | None = None
         self._rsc_speed = 0.0
         self._rsc_total: float | None = None
@@ -87,7 +95,7 @@ class DistanceTracker:
     def reset(self) -> None:
         """Forget gait history (totals are kept by the caller)."""
         self._last_step = None
-        self._iv_hist = np.full(SMOOTH_INTERVALS - 1, np.nan)
+        self._iv_hist = deque([None] * SMOOTH_INTERVALS, maxlen=SMOOTH_INTERVALS)
         self._rsc_t = None
         self._rsc_total = None
 
@@ -96,26 +104,26 @@ class DistanceTracker:
         return self._rsc_t is not None and 0.0 <= now - self._rsc_t <= self._rsc_max_age
 
     def step_lengths(self, times: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Lengths of the given new steps (updates gait history; does not add distance)."""
-        times = np.asarray(times, dtype=np.float64)
-        if times.size == 0:
-            return np.empty(0)
-        prev = np.nan if self._last_step is None else self._last_step
-        iv = np.diff(np.concatenate([[prev], times]))
-        iv[~(iv <= MAX_INTERVAL_S)] = np.nan  # pauses (and the very first step) are not intervals
-        iv = np.where(np.isnan(iv), iv, np.maximum(iv, MIN_INTERVAL_S))
-        arr = np.concatenate([self._iv_hist, iv])
-        valid = ~np.isnan(arr)
-        kernel = np.ones(SMOOTH_INTERVALS)
-        count = np.convolve(valid.astype(np.float64), kernel, mode="valid")
-        total = np.convolve(np.where(valid, arr, 0.0), kernel, mode="valid")
-        mean_iv = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-        cadence = np.divide(
-            1.0, mean_iv, out=np.full_like(mean_iv, REFERENCE_CADENCE_HZ), where=count > 0
-        )
-        self._iv_hist = arr[-(SMOOTH_INTERVALS - 1) :]
-        self._last_step = float(times[-1])
-        return self.height_m * self.factor * length_ratio(cadence)
+        """Lengths of the given new steps (updates gait history; does not add distance).
+
+        Steps arrive at ~2 per second, a handful per block, so this loops over steps (never
+        over samples): at that size plain Python beats a dozen tiny numpy calls.
+        """
+        hist = self._iv_hist
+        prev = self._last_step
+        scale = self.height_m * self.factor
+        out: list[float] = []
+        for t in np.asarray(times, dtype=np.float64).tolist():
+            iv = None if prev is None else t - prev
+            # Pauses (and the very first step) are not intervals; clip double detections.
+            hist.append(max(iv, MIN_INTERVAL_S) if iv is not None and iv <= MAX_INTERVAL_S
+                        else None)
+            valid = [x for x in hist if x is not None]
+            cadence = len(valid) / sum(valid) if valid else REFERENCE_CADENCE_HZ
+            out.append(scale * _ratio(cadence))
+            prev = t
+        self._last_step = prev
+        return np.asarray(out, dtype=np.float64)
 
     def add_steps(self, times: NDArray[np.float64]) -> NDArray[np.float64]:
         """Add new steps; returns the distance credited per step (0 where a foot pod covers it)."""

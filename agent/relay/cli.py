@@ -10,8 +10,9 @@ The database defaults to ``relay.sqlite`` in the agent's state directory (``$STA
 under systemd, else the platform's user state dir, or ``state_dir`` from the config file), so
 REPLAY works across restarts without extra flags.
 
-API key files must not be accessible by group or others (like ssh keys): a readable key file
-is refused with the ``chmod`` that fixes it, because the key mints tokens for every user.
+API key files are read with :func:`agent.secrets.read_secret`: a file that group or others may
+read or write is refused with the ``chmod`` that fixes it (the key mints tokens for every user),
+and the key is registered for log redaction.
 
 No developer configured: for development the relay then creates one developer, ``local-dev``,
 with a random key in ``relay-local-dev.key`` beside the database (mode 0600, reused on the next
@@ -29,7 +30,6 @@ import asyncio
 import logging
 import os
 import signal
-import stat
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -86,24 +86,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="unused tokens expire after this (default 300)")
 
 
-def read_api_key(path: Path) -> str:
-    """Read an API key file, refusing one that group or others can access."""
+def read_api_key(path: Path, what: str) -> str:
+    """Read an API key file through :func:`agent.secrets.read_secret`.
+
+    It refuses files that group or others can access (with the ``chmod`` that fixes it) and
+    registers the key for log redaction. ``what`` names the setting in error messages.
+    """
+    from agent.secrets import SecretError, read_secret
+
     try:
-        st = path.stat()
-    except OSError as exc:
-        raise RelayCliError(f"API key file {path} cannot be read: {exc.strerror}") from None
-    if st.st_mode & 0o077:
-        raise RelayCliError(
-            f"API key file {path} is accessible by group/others (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}); it must be private: chmod 600 {path}"
-        )
-    try:
-        key = path.read_text("utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RelayCliError(f"API key file {path} cannot be read: {exc}") from None
-    if not key:
-        raise RelayCliError(f"API key file {path} is empty")
-    return key
+        return read_secret(path, what=what)
+    except SecretError as exc:
+        raise RelayCliError(str(exc)) from None
 
 
 def _default_state_dir() -> Path:
@@ -163,7 +157,7 @@ def build_config(args: argparse.Namespace) -> tuple[Any, list[str]]:
     from agent.relay.server import RelayConfig
 
     settings: dict[str, Any] = {}
-    key_files: dict[str, Path] = {}
+    key_files: dict[str, tuple[Path, str]] = {}  # dev id → (key file, setting it came from)
     state_dir: Path | None = None
     if args.config is not None:
         source: Path = args.config
@@ -190,7 +184,10 @@ def build_config(args: argparse.Namespace) -> tuple[Any, list[str]]:
                 raise RelayCliError(f"{source}: relay.developers[{i}].dev_id must be a string")
             if dev_id in key_files:
                 raise RelayCliError(f"{source}: duplicate dev_id {dev_id!r}")
-            key_files[dev_id] = _resolve(source, dev["api_key_file"], "api_key_file")
+            key_files[dev_id] = (
+                _resolve(source, dev["api_key_file"], "api_key_file"),
+                f"relay.developers[{i}].api_key_file in {source}",
+            )
 
     if args.host is not None:
         settings["host"] = args.host
@@ -212,7 +209,7 @@ def build_config(args: argparse.Namespace) -> tuple[Any, list[str]]:
     for dev_id, path in zip(args.dev_id, args.api_key_file, strict=True):
         if not dev_id:
             raise RelayCliError("--dev-id must not be empty")
-        key_files[dev_id] = path
+        key_files[dev_id] = (path, f"--api-key-file of --dev-id {dev_id}")
 
     if "db" not in settings:
         settings["db"] = (state_dir or _default_state_dir()) / DB_FILENAME
@@ -233,8 +230,8 @@ def build_config(args: argparse.Namespace) -> tuple[Any, list[str]]:
         else:
             notes.append(f"no developer configured: using dev id {LOCAL_DEV_ID!r} "
                          f"with its API key in {key_path}")
-        key_files[LOCAL_DEV_ID] = key_path
-    developers = {dev_id: read_api_key(path) for dev_id, path in key_files.items()}
+        key_files[LOCAL_DEV_ID] = (key_path, "generated development key")
+    developers = {dev_id: read_api_key(path, what) for dev_id, (path, what) in key_files.items()}
     try:
         config = RelayConfig(developers=developers, **settings)
     except (ValueError, TypeError) as exc:
@@ -244,9 +241,6 @@ def build_config(args: argparse.Namespace) -> tuple[Any, list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the relay until SIGTERM/SIGINT; 0 on a clean stop."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config, notes = build_config(args)
     except RelayCliError as exc:
@@ -255,6 +249,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"agent relay: {exc}", file=sys.stderr)
         return EX_CANTCREAT
+    from agent.logs import setup_logging
+
+    setup_logging("info")  # stderr, secrets redacted, journald-aware
     return asyncio.run(_serve(config, notes))
 
 

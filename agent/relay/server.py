@@ -101,10 +101,12 @@ from agent.relay.auth import MAX_USER_ID_CHARS, Credentials, TokenRegistry
 from agent.relay.store import DispatchStore, Pending, Stored
 
 log = logging.getLogger("agent.relay")
-#: Logger handed to websockets. Pinned at INFO: at DEBUG websockets logs every request header,
-#: which would put developers' ``x-api-key`` in the log whenever someone turns on debug logs.
+#: Logger handed to websockets. Pinned at WARNING: at DEBUG websockets logs every request
+#: header, which would put developers' ``x-api-key`` in the log whenever someone turns on debug
+#: logs, and its INFO lines ("connection open/closed") would double the relay's own one line per
+#: connection close.
 ws_log = logging.getLogger("agent.relay.websockets")
-ws_log.setLevel(logging.INFO)
+ws_log.setLevel(logging.WARNING)
 
 #: Close code for a consumer that fell too far behind (RFC 6455 "policy violation"); clients
 #: treat it as transient (reconnect with backoff) and REPLAY the gap.

@@ -6,7 +6,11 @@ Why a wrapper: bluezoo 1.0.2 has two gaps that real BlueZ does not have (REFEREN
    same device fails with ``EEXIST`` and stale objects confuse bleak ("Multiple Characteristics
    with this UUID"). Real bluetoothd drops the remote GATT database objects and calls
    ``StopNotify`` on the server's characteristics when the last subscriber leaves. We do both.
-2. A device already known to the scanning adapter is never re-announced, so a second scan finds
+2. ``StartDiscovery`` from a D-Bus client that is already discovering succeeds in bluezoo;
+   bluetoothd answers ``org.bluez.Error.InProgress`` ("Every client can only start one
+   discovery", ``src/adapter.c``). Several bleak scanners in one process share one D-Bus
+   connection, so this matters; we reproduce BlueZ's answer.
+3. A device already known to the scanning adapter is never re-announced, so a second scan finds
    nothing. Real bluetoothd updates ``RSSI`` (a ``PropertiesChanged`` signal) for every
    advertisement it receives while discovering. We emit such an update on every rediscovery.
 
@@ -25,8 +29,10 @@ import logging
 from typing import Any
 
 import bluezoo.bluezoo
+import sdbus
 from bluezoo.adapter import Adapter
 from bluezoo.device import Device
+from bluezoo.exceptions import DBusBluezInProgressError
 from bluezoo.gatt import GattCharacteristicClientLink
 from bluezoo.utils import BluetoothAddress
 
@@ -61,8 +67,18 @@ async def _add_device(self: Any, device: Any) -> None:
         )
 
 
+class _Adapter(Adapter):  # type: ignore[misc]
+    @sdbus.dbus_method_async_override()
+    async def StartDiscovery(self) -> None:
+        sender = sdbus.get_current_message().sender
+        if sender in self.scan_subscribers:
+            raise DBusBluezInProgressError("Operation already in progress")
+        await super().StartDiscovery()
+
+
 Device.disconnect = _disconnect
 Adapter.add_device = _add_device
+bluezoo.bluezoo.Adapter = _Adapter
 
 
 def main() -> None:

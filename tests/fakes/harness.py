@@ -90,6 +90,12 @@ class BluezooHarness:
         """Simulate a link drop: ``Device1.Disconnect`` on the central's device object."""
         await self.call(device_path(adapter, address), "org.bluez.Device1", "Disconnect")
 
+    async def kill_bluez(self) -> None:
+        """bluetoothd dies (crash or restart): ``org.bluez`` leaves the bus, no signals sent."""
+        if self._bluezoo is not None and self._bluezoo.returncode is None:
+            self._bluezoo.kill()
+            await self._bluezoo.wait()
+
     async def stop(self) -> None:
         if self._bus is not None:
             self._bus.disconnect()

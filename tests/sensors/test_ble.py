@@ -177,7 +177,11 @@ async def test_verity_compressed_acc_and_gyro_with_factor(bluezoo: BluezooHarnes
     np.testing.assert_allclose(gyro.xyz[:3], np.radians(gyro_dps), rtol=1e-5)
 
 
-async def test_foot_pod_and_pressure_sensor_run_independently(bluezoo3: BluezooHarness) -> None:
+async def test_foot_pod_and_pressure_sensor_run_independently(
+    bluezoo3: BluezooHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three sources on one adapter: they share one discovery (BlueZ refuses a second one from
+    the same D-Bus client with InProgress), and a missing device disturbs nobody."""
     pod = FootPod(bluezoo3.address, "/org/bluez/hci1")
     baro = PressureSensor(bluezoo3.address, "/org/bluez/hci2")
     out = Collector()
@@ -198,6 +202,7 @@ async def test_foot_pod_and_pressure_sensor_run_independently(bluezoo3: BluezooH
     assert pod_src.status.battery_percent == 55
     # The missing device fails on its own without disturbing the others.
     assert ghost.status.error is not None and "not found" in ghost.status.error
+    assert not [r for r in caplog.records if "in progress" in r.getMessage()]
 
 
 async def test_link_drop_reconnects_and_resumes(bluezoo: BluezooHarness) -> None:
@@ -264,6 +269,23 @@ async def test_device_stopping_pmd_forces_a_fresh_session(bluezoo: BluezooHarnes
         n = len(out.of(AccBlock))
         await out.until(lambda: len(out.of(AccBlock)) > n + 2)
     assert sum(1 for w in strap.pmd_cp.writes if w[0] == 0x02) == 2
+
+
+async def test_bluez_dying_mid_session_is_reported_not_raised(bluezoo: BluezooHarness) -> None:
+    strap = H10Strap(bluezoo.address, "/org/bluez/hci1")
+    out = Collector()
+    src = BleSource(fast_config(name="chest", name_contains="H10", silence_timeout_s=0.5))
+    seen = LogEvent("BlueZ is not running")
+    logging.getLogger("sensors.ble").addHandler(seen)
+    try:
+        async with serving(strap), running(src, out) as task:
+            await out.until(lambda: len(out.of(HeartRateSample)) >= 2)
+            await bluezoo.kill_bluez()
+            await asyncio.wait_for(seen.event.wait(), WAIT_S)
+            assert not task.done()
+    finally:
+        logging.getLogger("sensors.ble").removeHandler(seen)
+    assert src.status.error is not None and "systemctl" in src.status.error
 
 
 async def test_stale_link_left_in_bluez_is_reused(

@@ -1,0 +1,186 @@
+"""The relay is SIGKILLed and restarted (same port, same database) while a producer streams.
+
+The relay is a real ``python -m agent relay`` process, the producer a real Outbox + Uplink that
+mints every token over HTTP (RestToken), and a live consumer (``agent watch``'s Watcher) follows
+the stream across the restarts with REPLAY. At the end every reading must be in the relay's
+store, in the live consumer's view and in a REPLAY from 0, in order per type, with duplicates
+only as resends of the unconfirmed window, and the outbox must be empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from pathlib import Path
+
+import pytest
+
+from agent import protocol as p
+from agent.outbox import Outbox
+from agent.tokens import RestToken
+from agent.uplink import Uplink
+from agent.uplink_state import ConnState
+from agent.watch import Watcher, WatchOptions
+from tests.reliability.conftest import (
+    API_KEY,
+    DEV_ID,
+    USER_ID,
+    WAIT_S,
+    RecordingTokens,
+    RelayProcess,
+    assert_no_secrets,
+    check_delivery,
+    fast_backoff,
+    log_lines,
+    number_of,
+    numbered,
+    stored_rows,
+    wait_until,
+)
+
+SEED = 20261127
+KILLS = 5
+MAX_IN_FLIGHT = 100
+BATCH = 5  # readings appended per durable commit (a sensor notification's worth)
+TAIL = 200  # readings streamed after the last restart
+
+
+class LiveConsumer:
+    """A Watcher that records every DISPATCH and can be awaited for a number of them."""
+
+    def __init__(self, relay: RelayProcess) -> None:
+        options = WatchOptions(server=relay.url, dev_id=DEV_ID, api_key=API_KEY)
+        self.seqs: dict[int, p.Dispatch] = {}
+        self._grew = asyncio.Event()
+        self.watcher = Watcher(
+            options, on_dispatch=self._on_dispatch, backoff=fast_backoff(SEED + 1),
+            rng=random.Random(SEED + 2).random,
+        )
+
+    def _on_dispatch(self, dispatch: p.Dispatch) -> None:
+        self.seqs[dispatch.seq] = dispatch
+        self._grew.set()
+
+    async def wait_for_seqs(self, wanted: set[int]) -> None:
+        async with asyncio.timeout(WAIT_S):
+            while not wanted <= self.seqs.keys():
+                self._grew.clear()
+                await self._grew.wait()
+
+
+async def replay_from_zero(relay: RelayProcess, expected_rows: int) -> list[p.Dispatch]:
+    """A fresh consumer's ``REPLAY after=0``: everything the relay holds, by seq."""
+    got: list[p.Dispatch] = []
+    options = WatchOptions(
+        server=relay.url, dev_id=DEV_ID, api_key=API_KEY, replay_only=True,
+        max_messages=expected_rows, idle_timeout_s=WAIT_S,
+    )
+    watcher = Watcher(options, on_dispatch=got.append, backoff=fast_backoff(SEED + 3))
+    async with asyncio.timeout(WAIT_S):
+        assert await watcher.run() == 0
+    return got
+
+
+@pytest.mark.slow
+async def test_relay_sigkilled_repeatedly_during_a_stream_loses_nothing(
+    tmp_path: Path, relay_process: RelayProcess, api_key_file: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rng = random.Random(SEED)
+    relay = relay_process
+    await relay.start()
+    tokens = RecordingTokens(
+        RestToken(relay.url, USER_ID, DEV_ID, api_key_file=api_key_file, timeout_s=2.0)
+    )
+    box = await Outbox.open(tmp_path / "outbox.sqlite3")
+    uplink = Uplink(
+        relay.ws_url, tokens, box, backoff=fast_backoff(SEED), rng=random.Random(SEED + 4).random,
+        barrier_spacing_s=0.02, max_in_flight=MAX_IN_FLIGHT, send_batch=20, open_timeout_s=2.0,
+    )
+    consumer = LiveConsumer(relay)
+    appended = 0
+    stop_stream = asyncio.Event()
+
+    async def stream() -> None:
+        """A sensor: numbered readings, committed durably a few at a time, until told to stop."""
+        nonlocal appended
+        while not stop_stream.is_set():
+            await box.append_durable([numbered(appended + k) for k in range(BATCH)])
+            appended += BATCH
+            await asyncio.sleep(0.002)  # sensor pace, not a wait for anything
+
+    runner = asyncio.create_task(uplink.run())
+    watching = asyncio.create_task(consumer.watcher.run())
+    streaming = asyncio.create_task(stream())
+    kill_points: list[int] = []
+    try:
+        await wait_until(uplink.wait_for, lambda: uplink.state.state is ConnState.READY)
+        for _ in range(KILLS):
+            # a random moment: after a random number of further frames went out
+            point = uplink.state.sent + rng.randint(20, 400)
+            await wait_until(uplink.wait_for, lambda point=point: uplink.state.sent >= point)
+            kill_points.append(uplink.state.sent)
+            await relay.kill()
+            # the uplink notices (a failed attempt puts it in BACKOFF) before the relay returns
+            await wait_until(
+                uplink.wait_for, lambda: uplink.state.state is ConnState.BACKOFF
+            )
+            await relay.start()
+        await wait_until(uplink.wait_for, lambda: uplink.state.state is ConnState.READY)
+        tail_from = appended
+        await wait_until(uplink.wait_for, lambda: appended >= tail_from + TAIL)
+        stop_stream.set()
+        await asyncio.wait_for(streaming, WAIT_S)
+        await wait_until(uplink.wait_for, lambda: uplink.acked_id >= box.last_id)
+        await uplink.close(grace_s=2.0)
+        await asyncio.wait_for(runner, WAIT_S)
+        stats = await box.stats()
+    finally:
+        stop_stream.set()
+        for task in (streaming, runner):
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await box.close()
+
+    assert len(kill_points) == KILLS and relay.starts == KILLS + 1
+    # outbox empty: everything was confirmed by an ACK and deleted
+    assert stats.depth == 0 and stats.buffered == 0 and stats.dropped == 0
+    assert box.last_id == appended
+
+    # the store: zero loss, order per type, duplicates only as resends
+    rows = stored_rows(relay.db)
+    report = check_delivery(
+        ((r.t, number_of(r.t, r.d)) for r in rows), range(appended)
+    )
+    print(f"appended={appended} rows={len(rows)} reconnects={uplink.state.connections - 1} {report}")
+    assert report.missing == [] and report.unexpected == []
+    reconnects = uplink.state.connections - 1
+    assert reconnects >= KILLS
+    assert report.duplicates <= MAX_IN_FLIGHT * reconnects, (report, reconnects)
+    assert report.max_copies <= uplink.state.connections
+    assert [r.seq for r in rows] == list(range(1, len(rows) + 1))  # no seq lost or reused
+
+    # the live consumer saw every stored row despite the restarts (REPLAY after its last seq)
+    await consumer.wait_for_seqs({r.seq for r in rows})
+    watching.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching
+    for r in rows:
+        live = consumer.seqs[r.seq]
+        assert (live.t, live.uid, number_of(live.t, live.d)) == (r.t, USER_ID, number_of(r.t, r.d))
+
+    # a fresh consumer's REPLAY from 0 returns the same, in seq order
+    replayed = await replay_from_zero(relay, len(rows))
+    assert [(d.seq, d.t, number_of(d.t, d.d)) for d in replayed] == [
+        (r.seq, r.t, number_of(r.t, r.d)) for r in rows
+    ]
+    assert await relay.stop() == 0
+
+    # no secret in any log line: ours, the consumer's, the relay process's output
+    secrets = [API_KEY, *tokens.issued]
+    assert len(tokens.issued) >= uplink.state.connections  # a fresh token per connection
+    assert len(set(tokens.issued)) == len(tokens.issued)
+    assert_no_secrets([*log_lines(caplog), relay.logs(), *relay.stdout_lines], secrets)
