@@ -17,12 +17,24 @@ EX_UNAVAILABLE = 69
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``scan`` options."""
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="S",
-                        help="how long to listen for advertisements (default: %(default)s s)")
-    parser.add_argument("--adapter", metavar="hciN", default=None,
-                        help="Bluetooth adapter to scan with (default: the first powered one)")
-    parser.add_argument("--json", action="store_true",
-                        help="print a JSON list instead of a table and config snippets")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="how long to listen for advertisements (default: %(default)s s)",
+    )
+    parser.add_argument(
+        "--adapter",
+        metavar="hciN",
+        default=None,
+        help="Bluetooth adapter to scan with (default: the first powered one)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list instead of a table and config snippets",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,10 +53,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([d.as_dict() for d in devices], indent=2))
         return 0
     if not devices:
-        print(f"No supported BLE sensors found in {args.timeout:g} s "
-              "(heart rate, Polar PMD, running speed/cadence, pressure, battery).\n"
-              "Wear the strap (Polar straps advertise only with skin contact), make sure it is not "
-              "connected to a phone, and try a longer --timeout.")
+        print(
+            f"No supported BLE sensors found in {args.timeout:g} s "
+            "(heart rate, Polar PMD, running speed/cadence, pressure, battery).\n"
+            "Wear the strap (Polar straps advertise only with skin contact), make sure it is not "
+            "connected to a phone, and try a longer --timeout."
+        )
         return 0
     print(f"{'NAME':<28} {'ADDRESS':<17} {'RSSI':>5}  SERVICES")
     for d in devices:

@@ -10,7 +10,10 @@ state, so a failing strap cannot stop a foot pod. ``run(emit)`` loops forever::
         └──────────── BACKOFF (agent.backoff.Backoff) ◀─────┘ device stopped PMD / any error
 
 * **Scan right before every connect** (BlueZ drops unconnected devices from its cache when
-  discovery stops; REFERENCE 4.5.4) and connect with the fresh ``BLEDevice``.
+  discovery stops; REFERENCE 4.5.4) and connect with the fresh ``BLEDevice``. Sources on the same
+  adapter share one discovery (:class:`_SharedScanner`: BlueZ allows one per D-Bus client). A
+  configured address that BlueZ still holds a link to (left by a crashed run; a connected device
+  does not advertise) is reused instead of scanned for.
 * **Every await on BlueZ is bounded** by ``asyncio.timeout``; a hung D-Bus call becomes a
   ``TimeoutError`` that the loop classifies (:mod:`sensors.bluez_errors`) like any other failure.
 * **Silence watchdog**: BlueZ may keep ``Connected=True`` while nothing arrives (a "zombie" link,
@@ -118,14 +121,20 @@ SERVICE_UUIDS: Final[dict[str, str]] = {
 
 #: Any of these in a connected device's service list makes it a reuse candidate (GATT 0x1801 is
 #: bleak's default and present on nearly every device; the rest cover peripherals without it).
-_ANY_SERVICE: Final = ("00001801-0000-1000-8000-00805f9b34fb", *SERVICE_UUIDS.values(),
-                       BATTERY_SERVICE_UUID)
+_ANY_SERVICE: Final = (
+    "00001801-0000-1000-8000-00805f9b34fb",
+    *SERVICE_UUIDS.values(),
+    BATTERY_SERVICE_UUID,
+)
 
 #: Polar's SDK waits up to 30 s for a control-point answer; a healthy strap answers in < 100 ms,
 #: so 5 s only protects us from a wedged link while leaving room for a slow first exchange.
 PMD_RESPONSE_TIMEOUT_S: Final = 5.0
 #: Bound for single GATT operations (read, write, start/stop notify) and for scanner start/stop.
 GATT_TIMEOUT_S: Final = 10.0
+#: A shared discovery older than this is restarted when the next consumer joins (see
+#: ``_SharedScanner.add``); long enough not to disturb normal scans of ``scan_timeout_s``.
+MAX_SCAN_AGE_S: Final = 120.0
 #: Bound for the best-effort cleanup on the way out (stop PMD streams, disconnect).
 CLEANUP_TIMEOUT_S: Final = 5.0
 
@@ -184,8 +193,14 @@ class BleDeviceConfig:
                     f"BLE device {self.name!r}: service must be one of {sorted(SERVICE_UUIDS)} "
                     f"or a service UUID (e.g. 180d), got {self.service!r}"
                 ) from None
-        for key in ("silence_timeout_s", "connect_timeout_s", "scan_timeout_s",
-                    "battery_interval_s", "backoff_cap_s", "backoff_base_s"):
+        for key in (
+            "silence_timeout_s",
+            "connect_timeout_s",
+            "scan_timeout_s",
+            "battery_interval_s",
+            "backoff_cap_s",
+            "backoff_base_s",
+        ):
             if not getattr(self, key) > 0:
                 raise ValueError(f"BLE device {self.name!r}: {key} must be positive")
 
@@ -236,7 +251,9 @@ def choose_settings(
 class NotificationHandlers:
     """Turn raw notifications into samples; count and skip malformed ones; never raise.
 
-    Sans-radio: tests and the fuzzer call the ``on_*`` methods with arbitrary bytes.
+    Sans-radio: tests and the fuzzer call the ``on_*`` methods with arbitrary bytes. Every
+    notification ends up exactly once as an emitted sample, a dispatched control-point message,
+    ``status.malformed``, ``ignored`` or ``dropped`` -- nothing disappears unaccounted.
     ``last_notification`` (monotonic seconds) feeds the silence watchdog; ``pmd_response`` is
     called with every PMD control-point answer so the session can await it.
     """
@@ -257,6 +274,11 @@ class NotificationHandlers:
         self.device_clock = DeviceClock(now=clock)
         self.last_notification = monotonic()
         self.notifications = 0
+        #: Well-formed notifications deliberately not turned into samples (PMD frame types we do
+        #: not decode, empty frames) and samples lost because ``emit`` raised. With
+        #: ``status.malformed`` these account for every notification that produced no sample.
+        self.ignored = 0
+        self.dropped = 0
         self.pmd_response: Callable[[ControlPointResponse], None] | None = None
         self.pmd_stopped: Callable[[MeasurementStopped], None] | None = None
         self._logged: set[str] = set()
@@ -277,7 +299,12 @@ class NotificationHandlers:
             self._logged.add(kind)
             log.warning(
                 "%s: malformed %s notification skipped (%s; %d bytes: %s); further ones are "
-                "only counted", self.source, kind, exc, len(data), bytes(data[:24]).hex(" "),
+                "only counted",
+                self.source,
+                kind,
+                exc,
+                len(data),
+                bytes(data[:24]).hex(" "),
             )
 
     def _once(self, key: str, msg: str, *args: object) -> None:
@@ -289,6 +316,8 @@ class NotificationHandlers:
         try:
             self.emit(sample)
         except Exception as exc:  # a full queue must not kill the BLE callback
+            self.dropped += 1
+            self.status.extra["dropped"] = self.dropped
             self._once("emit", "%s: emit failed (%r); samples are being dropped", self.source, exc)
             return
         self.status.last_sample_t = t
@@ -304,8 +333,13 @@ class NotificationHandlers:
             return
         t = self.clock()
         self._emit(
-            HeartRateSample(t=t, bpm=float(m.bpm), rr_ms=tuple(m.rr_ms),
-                            contact=m.sensor_contact, source=self.source),
+            HeartRateSample(
+                t=t,
+                bpm=float(m.bpm),
+                rr_ms=tuple(m.rr_ms),
+                contact=m.sensor_contact,
+                source=self.source,
+            ),
             t,
         )
 
@@ -318,9 +352,15 @@ class NotificationHandlers:
             return
         t = self.clock()
         self._emit(
-            RscSample(t=t, speed_mps=float(m.speed_mps), cadence_spm=float(m.cadence_spm),
-                      stride_m=m.stride_m, total_m=m.total_distance_m, running=m.running,
-                      source=self.source),
+            RscSample(
+                t=t,
+                speed_mps=float(m.speed_mps),
+                cadence_spm=float(m.cadence_spm),
+                stride_m=m.stride_m,
+                total_m=m.total_distance_m,
+                running=m.running,
+                source=self.source,
+            ),
             t,
         )
 
@@ -350,8 +390,13 @@ class NotificationHandlers:
         try:
             self._pmd_data(bytes(data))
         except UnsupportedFrameError as exc:
-            self._once(f"pmd-unsupported-{bytes(data[:1]).hex()}",
-                       "%s: ignoring PMD frames we do not decode (%s)", self.source, exc)
+            self.ignored += 1
+            self._once(
+                f"pmd-unsupported-{bytes(data[:1]).hex()}",
+                "%s: ignoring PMD frames we do not decode (%s)",
+                self.source,
+                exc,
+            )
         except Exception as exc:
             self._malformed("pmd_data", data, exc)
 
@@ -362,11 +407,14 @@ class NotificationHandlers:
         if samples.ndim != 2 or samples.shape[1] != 3:
             raise ParseError(f"expected 3 channels, got shape {samples.shape}")
         if samples.shape[0] == 0:
+            self.ignored += 1
             return
         mtype = frame.measurement_type & 0x3F
         if mtype not in (MeasurementType.ACC, MeasurementType.GYRO):
-            self._once(f"pmd-type-{mtype}", "%s: ignoring PMD measurement type %d",
-                       self.source, mtype)
+            self.ignored += 1
+            self._once(
+                f"pmd-type-{mtype}", "%s: ignoring PMD measurement type %d", self.source, mtype
+            )
             return
         self.device_clock.observe(frame.timestamp_ns, host_now)
         t = self.device_clock.to_host_s(frame.sample_timestamps_ns)
@@ -437,11 +485,19 @@ class _SharedScanner:
         self._adapter = adapter
         self._callbacks: list[AdvCallback] = []
         self._scanner: BleakScanner | None = None
+        self._started = 0.0
         self._lock = asyncio.Lock()
 
     async def add(self, callback: AdvCallback) -> None:
         async with self._lock:
             self._callbacks.append(callback)
+            if self._scanner is not None and time.monotonic() - self._started > MAX_SCAN_AGE_S:
+                # Consumers may keep a scan alive forever (two absent devices taking turns); a
+                # discovery session lost with a bluetoothd restart would then never come back.
+                old, self._scanner = self._scanner, None
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(GATT_TIMEOUT_S):
+                        await old.stop()
             if self._scanner is not None:
                 seen = self._scanner.discovered_devices_and_advertisement_data
                 for device, adv in list(seen.values()):
@@ -456,6 +512,7 @@ class _SharedScanner:
                 self._callbacks.remove(callback)
                 raise
             self._scanner = scanner
+            self._started = time.monotonic()
 
     async def remove(self, callback: AdvCallback) -> None:
         async with self._lock:
@@ -575,8 +632,12 @@ class BleSource:
         if self.config.address is not None:
             stale = await self._connected_instance(self.config.address)
             if stale is not None:
-                log.info("%s: %s is already connected in BlueZ (left by a previous run?); "
-                         "reusing the link", self.config.name, stale.address)
+                log.info(
+                    "%s: %s is already connected in BlueZ (left by a previous run?); "
+                    "reusing the link",
+                    self.config.name,
+                    stale.address,
+                )
                 return stale
         return await self._scan_for_device()
 
@@ -614,9 +675,15 @@ class BleSource:
                 await scanner.remove(on_adv)
 
     def _describe(self) -> str:
-        parts = [f"{k}={v}" for k, v in (("address", self.config.address),
-                                         ("name_contains", self.config.name_contains),
-                                         ("service", self.config.service)) if v]
+        parts = [
+            f"{k}={v}"
+            for k, v in (
+                ("address", self.config.address),
+                ("name_contains", self.config.name_contains),
+                ("service", self.config.service),
+            )
+            if v
+        ]
         return ", ".join(parts)
 
     def _bluez_args(self) -> Any:
@@ -684,22 +751,25 @@ class BleSource:
             await notify(PMD_DATA_UUID, h.on_pmd_data)
             if cfg.acc_rate_hz is not None:
                 subscribed += await self._start_pmd(
-                    link, h, MeasurementType.ACC, cfg.acc_rate_hz, cfg.acc_range_g)
+                    link, h, MeasurementType.ACC, cfg.acc_rate_hz, cfg.acc_range_g
+                )
             if cfg.gyro_rate_hz is not None:
                 subscribed += await self._start_pmd(
-                    link, h, MeasurementType.GYRO, cfg.gyro_rate_hz, cfg.gyro_range_dps)
+                    link, h, MeasurementType.GYRO, cfg.gyro_rate_hz, cfg.gyro_range_dps
+                )
         elif wants_pmd:
-            log.warning("%s: ACC/GYRO configured but the device has no Polar PMD service",
-                        cfg.name)
+            log.warning("%s: ACC/GYRO configured but the device has no Polar PMD service", cfg.name)
         link.battery = has(BATTERY_LEVEL_UUID)
         if link.battery:
             await self._read_battery(link, h)
         if subscribed == 0:
-            raise SessionError(Classification(
-                Action.GIVE_UP,
-                "the device offers none of the enabled measurements",
-                "check heart_rate/rsc/pressure/acc_rate_hz/gyro_rate_hz and the device type",
-            ))
+            raise SessionError(
+                Classification(
+                    Action.GIVE_UP,
+                    "the device offers none of the enabled measurements",
+                    "check heart_rate/rsc/pressure/acc_rate_hz/gyro_rate_hz and the device type",
+                )
+            )
 
     async def _read_battery(self, link: _Link, h: NotificationHandlers) -> None:
         """Best effort: a failed battery read is logged, never a reason to drop the link (the
@@ -723,8 +793,11 @@ class BleSource:
             now = h.monotonic()
             quiet_for = now - h.last_notification
             if quiet_for >= silence:
-                log.warning("%s: no notification for %.1f s; forcing a reconnect",
-                            self.config.name, quiet_for)
+                log.warning(
+                    "%s: no notification for %.1f s; forcing a reconnect",
+                    self.config.name,
+                    quiet_for,
+                )
                 return f"silent for {quiet_for:.1f} s (watchdog)"
             if link.battery and now >= next_battery:
                 await self._read_battery(link, h)
@@ -742,15 +815,23 @@ class BleSource:
     # -- PMD ------------------------------------------------------------------------------------
 
     async def _start_pmd(
-        self, link: _Link, h: NotificationHandlers, mtype: MeasurementType, rate: int,
+        self,
+        link: _Link,
+        h: NotificationHandlers,
+        mtype: MeasurementType,
+        rate: int,
         range_: int | None,
     ) -> int:
         """Query settings, choose, start one PMD stream; returns 1 if it streams, else 0."""
         name = mtype.name
         reply = await self._pmd_request(link, build_get_settings(mtype))
         if not reply.ok:
-            log.warning("%s: device refused %s settings query: %s", self.config.name, name,
-                        reply.status.message)
+            log.warning(
+                "%s: device refused %s settings query: %s",
+                self.config.name,
+                name,
+                reply.status.message,
+            )
             return 0
         chosen = choose_settings(reply.settings, rate, range_)
         if SettingType.SAMPLE_RATE not in chosen:
@@ -776,8 +857,13 @@ class BleSource:
             await self._pmd_request(link, build_stop(mtype))
             reply = await self._pmd_request(link, start, on_ok=configure)
         if not reply.ok:
-            log.warning("%s: device refused to start %s with %s: %s", self.config.name, name,
-                        {k.name: v for k, v in chosen.items()}, reply.status.message)
+            log.warning(
+                "%s: device refused to start %s with %s: %s",
+                self.config.name,
+                name,
+                {k.name: v for k, v in chosen.items()},
+                reply.status.message,
+            )
             self._status.error = f"{name} start refused: {reply.status.message}"
             return 0
         link.pmd_started.append(int(mtype))
@@ -785,8 +871,13 @@ class BleSource:
             k.name.lower(): v for k, v in chosen.items()
         }
         if chosen[SettingType.SAMPLE_RATE] != rate:
-            log.info("%s: %s at %d Hz (nearest supported to %d Hz)", self.config.name, name,
-                     chosen[SettingType.SAMPLE_RATE], rate)
+            log.info(
+                "%s: %s at %d Hz (nearest supported to %d Hz)",
+                self.config.name,
+                name,
+                chosen[SettingType.SAMPLE_RATE],
+                rate,
+            )
         return 1
 
     async def _pmd_request(

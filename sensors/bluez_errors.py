@@ -73,44 +73,79 @@ class SessionError(Exception):
 # D-Bus error name -> (action, reason, advice, unavailable)
 _DBUS_TABLE: dict[str, tuple[Action, str, str, bool]] = {
     "org.freedesktop.DBus.Error.ServiceUnknown": (
-        Action.WAIT, "BlueZ is not running (no org.bluez on the system bus)",
-        "install and start bluetoothd: `sudo systemctl enable --now bluetooth`", True),
+        Action.WAIT,
+        "BlueZ is not running (no org.bluez on the system bus)",
+        "install and start bluetoothd: `sudo systemctl enable --now bluetooth`",
+        True,
+    ),
     "org.freedesktop.DBus.Error.NameHasNoOwner": (
-        Action.WAIT, "BlueZ is not running (no org.bluez on the system bus)",
-        "install and start bluetoothd: `sudo systemctl enable --now bluetooth`", True),
+        Action.WAIT,
+        "BlueZ is not running (no org.bluez on the system bus)",
+        "install and start bluetoothd: `sudo systemctl enable --now bluetooth`",
+        True,
+    ),
     "org.freedesktop.DBus.Error.AccessDenied": (
-        Action.GIVE_UP, "D-Bus denied access to BlueZ",
-        "run as a user in the `bluetooth` group or allow org.bluez in the D-Bus policy", False),
+        Action.GIVE_UP,
+        "D-Bus denied access to BlueZ",
+        "run as a user in the `bluetooth` group or allow org.bluez in the D-Bus policy",
+        False,
+    ),
     "org.freedesktop.DBus.Error.UnknownObject": (
-        Action.RETRY, "the device or adapter object vanished from BlueZ",
-        "BlueZ dropped it (scan ended, bluetoothd restarted); rescanning", False),
-    "org.freedesktop.DBus.Error.NoReply": (
-        Action.RETRY, "BlueZ did not answer in time", "", False),
-    "org.freedesktop.DBus.Error.Timeout": (
-        Action.RETRY, "BlueZ did not answer in time", "", False),
+        Action.RETRY,
+        "the device or adapter object vanished from BlueZ",
+        "BlueZ dropped it (scan ended, bluetoothd restarted); rescanning",
+        False,
+    ),
+    "org.freedesktop.DBus.Error.NoReply": (Action.RETRY, "BlueZ did not answer in time", "", False),
+    "org.freedesktop.DBus.Error.Timeout": (Action.RETRY, "BlueZ did not answer in time", "", False),
     "org.bluez.Error.InProgress": (
-        Action.WAIT, "another BlueZ operation is in progress on this adapter/device",
-        "if this persists: `bluetoothctl remove <address>` or restart bluetoothd", False),
+        Action.WAIT,
+        "another BlueZ operation is in progress on this adapter/device",
+        "if this persists: `bluetoothctl remove <address>` or restart bluetoothd",
+        False,
+    ),
     "org.bluez.Error.NotReady": (
-        Action.WAIT, "the Bluetooth adapter is not ready (powered off?)",
-        "power it on: `bluetoothctl power on`; check `rfkill list`", False),
+        Action.WAIT,
+        "the Bluetooth adapter is not ready (powered off?)",
+        "power it on: `bluetoothctl power on`; check `rfkill list`",
+        False,
+    ),
     "org.bluez.Error.NotPermitted": (
-        Action.GIVE_UP, "BlueZ refused the operation (not permitted)",
-        "the device may require pairing: `bluetoothctl pair <address>`", False),
+        Action.GIVE_UP,
+        "BlueZ refused the operation (not permitted)",
+        "the device may require pairing: `bluetoothctl pair <address>`",
+        False,
+    ),
     "org.bluez.Error.NotAuthorized": (
-        Action.GIVE_UP, "not authorized by BlueZ",
+        Action.GIVE_UP,
+        "not authorized by BlueZ",
         "pair and trust the device: `bluetoothctl pair <address>; bluetoothctl trust <address>`",
-        False),
+        False,
+    ),
     "org.bluez.Error.AuthenticationFailed": (
-        Action.GIVE_UP, "authentication with the device failed",
-        "remove and re-pair it: `bluetoothctl remove <address>` then pair again", False),
+        Action.GIVE_UP,
+        "authentication with the device failed",
+        "remove and re-pair it: `bluetoothctl remove <address>` then pair again",
+        False,
+    ),
     "org.bluez.Error.NotSupported": (
-        Action.GIVE_UP, "the adapter or device does not support this operation",
-        "use a Bluetooth 4.0+ (LE) adapter", False),
+        Action.GIVE_UP,
+        "the adapter or device does not support this operation",
+        "use a Bluetooth 4.0+ (LE) adapter",
+        False,
+    ),
     "org.bluez.Error.DoesNotExist": (
-        Action.RETRY, "BlueZ no longer knows the device", "rescanning", False),
+        Action.RETRY,
+        "BlueZ no longer knows the device",
+        "rescanning",
+        False,
+    ),
     "org.bluez.Error.NotConnected": (
-        Action.RETRY, "the link dropped during the operation", "", False),
+        Action.RETRY,
+        "the link dropped during the operation",
+        "",
+        False,
+    ),
 }
 
 # Substrings of org.bluez.Error.Failed details that are known transient radio failures.
@@ -132,38 +167,50 @@ def classify(exc: BaseException) -> Classification:
         return exc.classification
     if isinstance(exc, DeviceNotFound | BleakDeviceNotFoundError):
         return Classification(
-            Action.WAIT, "device not found while scanning",
+            Action.WAIT,
+            "device not found while scanning",
             "is it in range, awake and not connected to a phone? (a Polar strap advertises "
-            "only while worn with moist electrodes)")
+            "only while worn with moist electrodes)",
+        )
     if isinstance(exc, BleakBluetoothNotAvailableError):
         return _classify_not_available(exc)
     if isinstance(exc, BleakDBusError):
         return _classify_dbus(exc)
     if isinstance(exc, BleakCharacteristicNotFoundError):
         return Classification(
-            Action.GIVE_UP, f"characteristic missing: {exc}",
-            "the device does not offer what the configuration asks for; check `service`")
+            Action.GIVE_UP,
+            f"characteristic missing: {exc}",
+            "the device does not offer what the configuration asks for; check `service`",
+        )
     if isinstance(exc, BleakGATTProtocolError):
         return Classification(Action.RETRY, f"GATT error from the device: {exc}", "")
     if isinstance(exc, TimeoutError):
         return Classification(Action.RETRY, "BLE operation timed out", "")
     if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
         return Classification(
-            Action.WAIT, "the system D-Bus is not reachable",
-            "is dbus running? bleak talks to BlueZ over the system bus", unavailable=True)
+            Action.WAIT,
+            "the system D-Bus is not reachable",
+            "is dbus running? bleak talks to BlueZ over the system bus",
+            unavailable=True,
+        )
     if isinstance(exc, EOFError | BrokenPipeError | ConnectionResetError):
         return Classification(Action.RETRY, "the D-Bus connection to BlueZ broke", "")
     if isinstance(exc, PermissionError):
         return Classification(
-            Action.GIVE_UP, "permission denied talking to BlueZ",
-            "run as a user in the `bluetooth` group", unavailable=True)
+            Action.GIVE_UP,
+            "permission denied talking to BlueZ",
+            "run as a user in the `bluetooth` group",
+            unavailable=True,
+        )
     if isinstance(exc, BleakError):
         text = str(exc)
         if "adapter" in text.lower() and "not found" in text.lower():
             return Classification(
-                Action.GIVE_UP, text,
+                Action.GIVE_UP,
+                text,
                 "check the `adapter` setting; list adapters with `bluetoothctl list`",
-                unavailable=True)
+                unavailable=True,
+            )
         if "not connected" in text.lower():
             return Classification(Action.RETRY, "the link dropped during the operation", "")
         return Classification(Action.RETRY, text or type(exc).__name__, "")
@@ -174,19 +221,28 @@ def _classify_not_available(exc: BleakBluetoothNotAvailableError) -> Classificat
     reason = exc.reason
     if reason is BleakBluetoothNotAvailableReason.POWERED_OFF:
         return Classification(
-            Action.WAIT, "the Bluetooth adapter is powered off",
-            "`bluetoothctl power on`; check `rfkill list`", unavailable=True)
+            Action.WAIT,
+            "the Bluetooth adapter is powered off",
+            "`bluetoothctl power on`; check `rfkill list`",
+            unavailable=True,
+        )
     if reason in (
         BleakBluetoothNotAvailableReason.DENIED_BY_SYSTEM,
         BleakBluetoothNotAvailableReason.DENIED_BY_USER,
         BleakBluetoothNotAvailableReason.DENIED_BY_UNKNOWN,
     ):
         return Classification(
-            Action.GIVE_UP, "access to Bluetooth was denied",
-            "run as a user in the `bluetooth` group", unavailable=True)
+            Action.GIVE_UP,
+            "access to Bluetooth was denied",
+            "run as a user in the `bluetooth` group",
+            unavailable=True,
+        )
     return Classification(
-        Action.WAIT, "no Bluetooth LE adapter found",
-        "plug in an adapter and check `bluetoothctl list`", unavailable=True)
+        Action.WAIT,
+        "no Bluetooth LE adapter found",
+        "plug in an adapter and check `bluetoothctl list`",
+        unavailable=True,
+    )
 
 
 def _classify_dbus(exc: BleakDBusError) -> Classification:

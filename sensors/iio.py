@@ -166,8 +166,12 @@ class IioBarometer:
 
     def _bad_value(self, why: str) -> None:
         self._status.malformed += 1
-        self._log_once("value", "%s: skipping bad reading (%s); further ones are only counted",
-                       self._status.name, why)
+        self._log_once(
+            "value",
+            "%s: skipping bad reading (%s); further ones are only counted",
+            self._status.name,
+            why,
+        )
 
     def _log_once(self, key: str, msg: str, *args: object) -> None:
         if key not in self._logged:

@@ -63,8 +63,12 @@ class ScannedDevice:
     services: tuple[str, ...] = field(default=())
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "address": self.address, "rssi": self.rssi,
-                "services": list(self.services)}
+        return {
+            "name": self.name,
+            "address": self.address,
+            "rssi": self.rssi,
+            "services": list(self.services),
+        }
 
 
 def services_of(name: str | None, service_uuids: list[str]) -> tuple[str, ...]:
@@ -104,8 +108,9 @@ async def scan(timeout_s: float, adapter: str | None = None) -> list[ScannedDevi
         name = adv.local_name or device.name
         services = services_of(name, adv.service_uuids)
         if services:
-            out.append(ScannedDevice(name=name, address=device.address, rssi=adv.rssi,
-                                     services=services))
+            out.append(
+                ScannedDevice(name=name, address=device.address, rssi=adv.rssi, services=services)
+            )
     out.sort(key=lambda d: (-(d.rssi if d.rssi is not None else -999), d.address))
     return out
 
@@ -122,8 +127,7 @@ def _toml_str(text: str) -> str:
 def config_lines(dev: ScannedDevice) -> str:
     """A ``[[sensors.ble]]`` table (keys are ``BleDeviceConfig`` fields) for this device."""
     label = _slug(dev.name or dev.address.replace(":", ""))
-    lines = ["[[sensors.ble]]", f"name = {_toml_str(label)}",
-             f"address = {_toml_str(dev.address)}"]
+    lines = ["[[sensors.ble]]", f"name = {_toml_str(label)}", f"address = {_toml_str(dev.address)}"]
     primary = next((s for s in _CONFIG_SERVICE_PRIORITY if s in dev.services), None)
     if primary is not None:
         # The 16-bit UUID form: accepted by both the config validator and BleDeviceConfig.

@@ -151,3 +151,19 @@ async def test_server_streams_every_frame_through_outbox_and_uplink(
     assert got == expected  # every frame, in order, exactly as --jsonl prints it
     assert all(s.uid == "walker" for s in stored)
     assert "delivered" in capsys.readouterr().err
+
+
+def test_realtime_paces_by_recorded_time(recording: Path) -> None:
+    from agent.processing.pipeline import ProcessingConfig
+    from agent.replay import load, replay_readings
+
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s  # a fake clock: sleeping advances it exactly
+
+    count = sum(1 for _ in replay_readings(
+        load(recording), ProcessingConfig(totals_reset="never"), realtime=True,
+        sleep=sleep, clock=lambda: now[0]))
+    assert count > 0
+    assert now[0] == pytest.approx(40.0, abs=0.1)  # the recording spans 40 s

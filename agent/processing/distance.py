@@ -89,6 +89,7 @@ class DistanceTracker:
         self._rsc_t: float | None = None
         self._rsc_speed = 0.0
         self._rsc_total: float | None = None
+        self._since_total = 0.0
         self.step_distance_m = 0.0
         self.rsc_distance_m = 0.0
 
@@ -145,11 +146,15 @@ class DistanceTracker:
         added = 0.0
         if total_m is not None and np.isfinite(total_m):
             if self._rsc_total is not None and 0.0 <= total_m - self._rsc_total < 1000.0:
-                added = total_m - self._rsc_total
+                # Part of this stretch may already have been integrated from speed (a pod
+                # that reports its total only in some notifications): add the rest.
+                added = max(0.0, total_m - self._rsc_total - self._since_total)
             self._rsc_total = total_m
+            self._since_total = 0.0
         elif self._rsc_t is not None and 0.0 < t - self._rsc_t <= RSC_MAX_DT_S:
             # Trapezoid between the previous and this speed.
             added = 0.5 * (self._rsc_speed + speed_mps) * (t - self._rsc_t)
+            self._since_total += added
         self._rsc_t = t
         self._rsc_speed = speed_mps
         self.rsc_distance_m += added

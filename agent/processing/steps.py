@@ -9,11 +9,12 @@ result does not depend on how the stream is cut into blocks):
    same after this. A silence longer than ``max_gap_s`` ends the segment: what is pending is
    settled, filter state is dropped and the next sample starts a fresh segment, so no step is ever
    interpolated across a hole.
-2. **Band-pass.** A Butterworth band-pass around the plausible step frequencies (0.5–3 Hz: slow
-   shuffles to a brisk walk's cadence; a run's steps still pass at reduced gain) removes gravity
-   and the high-frequency impact ringing. It is run
-   with ``scipy.signal.sosfilt`` and carried ``zi`` state, initialised at the steady state of the
-   first sample so the gravity step does not ring into fake steps at the start.
+2. **Band-pass.** A Butterworth band-pass over walking step frequencies (1–3 Hz, i.e. 60–180
+   steps/min) removes gravity and the impact ringing. The low edge at 1 Hz matters: a device on
+   one leg (trouser pocket) or arm sees a strong *stride*-rate component (half the step rate,
+   0.7–1.1 Hz) that would otherwise swamp the other leg's step; attenuating it makes both steps
+   of a stride similar peaks. Run with ``scipy.signal.sosfilt`` and carried ``zi`` state,
+   initialised at the steady state of the first sample so gravity does not ring into fake steps.
 3. **Peak candidates.** Each heel strike produces one dominant peak of the filtered magnitude.
    Peaks are found with ``scipy.signal.find_peaks`` on a short look-back buffer and accepted once
    the stream has moved ``settle_s`` past them (their prominence is then fully known); that is the
@@ -24,10 +25,15 @@ result does not depend on how the stream is cut into blocks):
    of the current step period, never below the ~3.5 steps/s a human reaches) are one step: the
    more prominent wins. This removes the double bump of heel strike and toe-off.
 5. **Walking-bout gate.** A step is only counted once ``bout_min_steps`` peaks occur with plausible
-   and mutually consistent intervals; the buffered ones are then counted retroactively. Isolated
-   bumps (putting the phone down, a door, a sit-to-stand) never form such a train, yet the first
-   steps of a real walk are not lost. While walking, each further peak within the bout's time-out
-   counts directly.
+   and mutually consistent intervals (within ``rhythm_tolerance`` of their median); the buffered
+   ones are then counted retroactively. Isolated bumps (putting the phone down, a door, a
+   sit-to-stand) never form such a train, yet the first steps of a real walk are not lost. While
+   walking, each further peak that keeps the rhythm counts; one that breaks it ends the walk and
+   must start a new train.
+6. **Impact consistency.** Steps of one walk have similar impact. Peaks much weaker than the walk's
+   recent steps (``min_step_ratio``) are the weight shift before the first heel strike, the
+   closing shuffle after the last one, or handling: weak peaks leading a train are dropped, and a
+   weak peak inside a walk is held provisionally and counted only if the walk continues after it.
 
 Step times are reported as the time of the filtered peak minus the band-pass filter's phase delay
 at a typical cadence (2 steps/s), which puts them close to the heel strike.
@@ -57,7 +63,8 @@ class StepDetectorConfig:
     Attributes:
         fs_hz: internal resampling rate. 50 Hz keeps ~15x headroom over the step frequency and is
             reachable from any source at 25 Hz or more.
-        band_hz: pass band of the step filter; human cadence is ~0.5-3.5 steps/s.
+        band_hz: pass band of the step filter: walking cadence 60-180 steps/min; its low edge
+            also suppresses the stride-rate swing of leg- and arm-worn devices.
         filter_order: Butterworth order of each band edge (low order = little ringing, small delay).
         max_gap_s: a silence longer than this resets the filter (no steps invented across it).
         settle_s: how long after a peak the detector waits before judging it (confirmation delay).
@@ -67,7 +74,7 @@ class StepDetectorConfig:
         min_interval_s: absolute minimum step interval (3.5 steps/s is beyond a sprint cadence).
         refractory_frac: minimum interval as a fraction of the current step period.
         max_interval_s: a pause longer than this ends a walking bout (0.5 steps/s).
-        bout_min_steps: steps that must form a consistent train before any is counted.
+        bout_min_steps: peaks that must form a rhythmic train before any is counted.
         rhythm_tolerance: relative deviation of a step interval from the current period that
             still counts as the same walk (gait is rhythmic: stride-to-stride variation is a few
             percent, left/right asymmetry a little more; handling motions are not rhythmic).
@@ -78,7 +85,7 @@ class StepDetectorConfig:
     """
 
     fs_hz: float = 50.0
-    band_hz: tuple[float, float] = (0.5, 3.0)
+    band_hz: tuple[float, float] = (1.0, 3.0)
     filter_order: int = 2
     max_gap_s: float = 1.5
     settle_s: float = 0.8
@@ -90,15 +97,16 @@ class StepDetectorConfig:
     max_interval_s: float = 2.0
     bout_min_steps: int = 5
     rhythm_tolerance: float = 0.4
-    min_step_ratio: float = 0.4
+    min_step_ratio: float = 0.3
 
 
 class StepDetector:
     """Causal, block-wise step detector; see the module docstring for the algorithm.
 
     ``feed`` returns the times (Unix s) of steps newly confirmed by that block; a step is
-    confirmed at most about ``settle_s`` + one step interval after it happens, or, for the first
-    steps of a walk, when the walking-bout gate opens.
+    confirmed about ``settle_s`` + one step interval after it happens (a weak step one interval
+    more), or, for the first steps of a walk, when the walking-bout gate opens (up to
+    ``bout_min_steps`` steps later). Memory is bounded (a ~2 s look-back buffer, a few deques).
     """
 
     def __init__(self, config: StepDetectorConfig | None = None) -> None:

@@ -14,12 +14,16 @@ This module only pumps data. Protocol rules live in :class:`agent.protocol.Serve
   the DISPATCH texts on the consumers' send queues, then resolves the batch's future. While a
   batch is on disk the next one accumulates, so batch size adapts to load and the event loop
   never waits on disk.
-* **ACK after store.** A producer's HEARTBEAT_ACK is queued behind the future of the batch that
-  holds that connection's latest SUBMIT; its sender task writes the ACK only once that batch is
-  committed and dispatched. ACKs of one connection leave in order.
+* **ACK after store and dispatch.** A producer's HEARTBEAT_ACK is queued behind the future of
+  the batch that holds that connection's latest SUBMIT. The future resolves once the batch is
+  committed and its DISPATCHes have been written to every connected consumer's socket (or that
+  consumer was cut off, see below), so the ACK proves both storage and delivery to live
+  consumers. ACKs of one connection leave in order. If storing fails, the waiting ACKs are never
+  sent and the producer is closed with 1011: it keeps and resends what was not acknowledged.
 * **Backpressure.** A producer whose SUBMIT makes the pending batch reach
-  ``max_pending_submits`` waits for that batch to be stored before reading on, so a fast
-  producer is slowed by TCP flow control instead of growing the relay's memory.
+  ``max_pending_submits`` stops reading until the writer has taken that batch (at most one
+  batch on disk and one filling: double buffering), so a fast producer is slowed by TCP flow
+  control instead of growing the relay's memory.
 * **Slow consumers** get bounded flow control, then are cut off. Each consumer has a send
   queue of at most ``consumer_queue_frames`` frames. When a batch leaves a consumer's queue
   more than half full, the batch writer waits (up to ``consumer_stall_s``) for it to drain
@@ -30,7 +34,11 @@ This module only pumps data. Protocol rules live in :class:`agent.protocol.Serve
   stored, so it reconnects and REPLAYs after the last seq it received. A stalled consumer
   therefore delays producers (of every developer: there is one writer) by at most
   ``consumer_stall_s`` once. ``max_pending_submits`` may be at most half the queue size, so
-  one batch never overflows a queue that was below half.
+  one batch never overflows a queue that was below half. ``send_buffer_bytes`` optionally
+  fixes SO_SNDBUF so the kernel does not absorb megabytes for a stalled reader first.
+* **Hot path.** SUBMITs from a READY producer go through :func:`_fast_submit` (the core's
+  validators without its generic dispatch); anything it does not accept goes through
+  :meth:`ServerSession.receive`, which decides the close code.
 * **REPLAY** streams pages of ``replay_page_rows`` from a second (read-only) SQLite connection
   in its own thread, and only tops up the consumer's queue to half its limit, so a replay of
   millions of rows holds at most a queue's worth in memory. ``before`` absent means "up to the
@@ -47,6 +55,15 @@ This module only pumps data. Protocol rules live in :class:`agent.protocol.Serve
 * **Binary frames** are treated like text frames holding UTF-8 JSON (as the core's parser does):
   valid JSON is accepted, anything else is 1007. Frames over ``max_frame_bytes`` → 1009.
 
+HTTP (``process_request`` of the websockets server, so one port serves both):
+``POST /auth/user?id=USER`` and ``POST /auth/developer`` with ``dev-id`` + ``x-api-key`` → 200
+``{"token": ...}``, 403 with an empty body for bad credentials, 400 without exactly one
+non-empty printable ``id`` (≤ 256 chars); ``GET /health`` → 200 JSON (connections by kind, last
+seq); 404 for unknown paths, 405 (with ``Allow``) for wrong methods, 431 when the request line
+plus headers exceed ``max_token_request_bytes``. Requests with a body are dropped unanswered by
+the websockets HTTP parser (the endpoints take none). API keys are compared in constant time;
+neither keys nor tokens are ever logged.
+
 Time: protocol deadlines use the event loop's monotonic clock; token expiry and retention use
 the injectable ``clock`` (wall-clock Unix seconds by default) so tests can drive them.
 """
@@ -55,7 +72,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import http
 import json
 import logging
@@ -113,6 +129,9 @@ ws_log.setLevel(logging.WARNING)
 SLOW_CONSUMER_CLOSE: Final = 1008
 #: Close code when the database failed and acknowledgements cannot be given (RFC 6455).
 STORE_FAILED_CLOSE: Final = 1011
+#: REPLAY requests a consumer may have queued; more is a flood (closed with 1008).
+MAX_PENDING_REPLAYS: Final = 1000
+_INT64_MAX: Final = (1 << 63) - 1
 _ACK_TEXT: Final = '{"op":1}'
 _READY_TEXT: Final = '{"op":4}'
 _JSON_HEADERS: Final = (("Content-Type", "application/json"), ("Cache-Control", "no-store"))
@@ -185,7 +204,7 @@ class _Conn:
     outbox: deque[tuple[asyncio.Future[bool] | None, str]] = field(default_factory=deque)
     priority_acks: int = 0  # consumer ACKs, sent ahead of queued DISPATCHes once READY is out
     ready_sent: bool = False
-    queued_total: int = 0  # DISPATCHes ever queued / written to the socket (delivery barrier)
+    queued_total: int = 0  # frames ever queued / written to the socket (delivery barrier)
     sent_total: int = 0
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     finished: bool = False
@@ -193,9 +212,17 @@ class _Conn:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     last_batch: asyncio.Future[bool] | None = None
     replays: deque[Replay] = field(default_factory=deque)
+    replayer: asyncio.Task[None] | None = None
+    watchdog: asyncio.Task[None] | None = None
     close_code: int | None = None
     close_reason: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def enqueue(self, text: str, barrier: asyncio.Future[bool] | None = None) -> None:
+        """Queue a frame for the sender (after ``barrier`` resolves, if given)."""
+        self.outbox.append((barrier, text))
+        self.queued_total += 1
+        self.wake.set()
 
     def gone(self) -> bool:
         """Closing or closed: nothing more will be written."""
@@ -489,10 +516,8 @@ class Relay:
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.send_buffer_bytes)
         self._conns.add(conn)
-        conn.tasks = [
-            asyncio.create_task(self._watchdog(conn)),
-            asyncio.create_task(self._sender(conn)),
-        ]
+        conn.watchdog = asyncio.create_task(self._watchdog(conn))
+        conn.tasks = [asyncio.create_task(self._sender(conn))]
         try:
             await ws.send(session.hello())
             while True:
@@ -521,15 +546,16 @@ class Relay:
                 conn.priority_acks += 1
             else:
                 barrier = conn.last_batch
-                conn.outbox.append((barrier if barrier and not barrier.done() else None,
-                                    event.reply))
+                conn.enqueue(event.reply, barrier if barrier and not barrier.done() else None)
             conn.wake.set()
             return True
         if isinstance(event, IdentifyRequested):
             return await self._identify(conn, event)
         if isinstance(event, ReplayRequested):
-            self._replay(conn, event.replay)
-            return True
+            if self._replay(conn, event.replay):
+                return True
+            await self._close_conn(conn, SLOW_CONSUMER_CLOSE, "too many pending REPLAY requests")
+            return False
         assert isinstance(event, CloseRequested)
         await self._close_conn(conn, event.code, event.reason)
         return False
@@ -556,6 +582,10 @@ class Relay:
             return False
         conn.kind, conn.dev_id, conn.uid = grant.kind, grant.dev_id, grant.user_id
         ready = conn.session.accept(asyncio.get_running_loop().time())
+        # the watchdog slept towards the identify deadline: restart it on the heartbeat rule
+        if conn.watchdog is not None:
+            conn.watchdog.cancel()
+        conn.watchdog = asyncio.create_task(self._watchdog(conn))
         older: _Conn | None
         if grant.kind is IdentifyType.USER:
             assert grant.user_id is not None
@@ -573,24 +603,35 @@ class Relay:
             task.add_done_callback(self._closers.discard)
         log.info("relay: %s identified", conn.who())
         if conn.outbox:  # behind the ACK of an earlier HEARTBEAT that waits for its batch
-            conn.outbox.append((None, ready))
-            conn.wake.set()
+            conn.enqueue(ready)
         else:
             await conn.ws.send(ready)
             conn.ready_sent = True
         return True
 
-    def _replay(self, conn: _Conn, replay: Replay) -> None:
+    def _replay(self, conn: _Conn, replay: Replay) -> bool:
+        """Queue a REPLAY (served one after the other); False if the consumer floods them."""
         assert conn.dev_id is not None
+        if len(conn.replays) >= MAX_PENDING_REPLAYS:
+            return False
         before = replay.before
         if before is None:
             before = self._dispatched.get(conn.dev_id, 0) + 1
-        conn.replays.append(Replay(replay.after, before))
-        if len(conn.replays) == 1:
-            conn.tasks.append(asyncio.create_task(self._replayer(conn)))
+        # JSON integers are unbounded, SQLite's are 64-bit: clamp (same rows selected)
+        conn.replays.append(Replay(_clamp64(replay.after), _clamp64(before)))
+        if conn.replayer is None or conn.replayer.done():
+            conn.replayer = asyncio.create_task(self._replayer(conn))
+        return True
 
     async def _replayer(self, conn: _Conn) -> None:
         """Stream each queued REPLAY from the database, one page at a time."""
+        try:
+            await self._serve_replays(conn)
+        except Exception:
+            log.exception("relay: REPLAY failed for %s", conn.who())
+            await self._close_conn(conn, STORE_FAILED_CLOSE, "replay failed")
+
+    async def _serve_replays(self, conn: _Conn) -> None:
         assert self._rstore is not None and conn.dev_id is not None
         loop = asyncio.get_running_loop()
         low_water = max(1, self.config.consumer_queue_frames // 2)
@@ -609,9 +650,7 @@ class Relay:
                         await conn.drained.wait()
                     if conn.close_code is not None:
                         return
-                    conn.outbox.append((None, serialize_dispatch(s.d, s.uid, s.seq, s.t)))
-                    conn.queued_total += 1
-                    conn.wake.set()
+                    conn.enqueue(serialize_dispatch(s.d, s.uid, s.seq, s.t))
                 if len(rows) < page_rows:
                     break
                 after = rows[-1].seq
@@ -651,7 +690,13 @@ class Relay:
         loop = asyncio.get_running_loop()
         session = conn.session
         while True:
-            delay = session.deadline() - loop.time()
+            if session.state is ServerState.AWAIT_IDENTIFY:
+                # Before IDENTIFY only the identify deadline counts: a silent client must get
+                # 4000 (its bug: stop) even when interval × 1.5 is shorter than the identify
+                # timeout, not 4005 (reconnect). The core's deadline() would pick the earlier.
+                delay = session.identify_deadline - loop.time()
+            else:
+                delay = session.deadline() - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
@@ -679,6 +724,7 @@ class Relay:
                 del self._producers[(conn.dev_id, conn.uid)]
             if conn.uid is None and self._consumers.get(conn.dev_id) is conn:
                 del self._consumers[conn.dev_id]
+        conn.tasks += [t for t in (conn.watchdog, conn.replayer) if t is not None]
         current = asyncio.current_task()
         for task in conn.tasks:
             if task is not current:
@@ -781,9 +827,7 @@ class Relay:
             if len(consumer.outbox) >= limit:
                 self._slow_consumer(consumer)
                 continue
-            consumer.outbox.append((None, serialize_dispatch(s.d, s.uid, s.seq, s.t)))
-            consumer.queued_total += 1
-            consumer.wake.set()
+            consumer.enqueue(serialize_dispatch(s.d, s.uid, s.seq, s.t))
             targets[consumer] = consumer.queued_total
         return list(targets.items())
 
@@ -865,6 +909,10 @@ def _compact(d: Mapping[str, Any]) -> str:
     return _ENCODER.encode(d)
 
 
+def _clamp64(value: int) -> int:
+    return max(-_INT64_MAX, min(_INT64_MAX, value))
+
+
 def _response(status: http.HTTPStatus, body: Mapping[str, Any] | None = None) -> Response:
     """A plain HTTP response; ``body`` None means empty (403 must have an empty body)."""
     data = b"" if body is None else json.dumps(body).encode()
@@ -894,11 +942,6 @@ def _close_info(conn: _Conn) -> tuple[str, int, str]:
     if rcvd is not None:
         return "peer", int(rcvd.code), rcvd.reason
     return "network", int(CloseCode.ABNORMAL), "connection lost without a close frame"
-
-
-def token_fingerprint(token: str) -> str:
-    """Short non-reversible tag of a token for debugging (never log the token itself)."""
-    return hashlib.sha256(token.encode()).hexdigest()[:8]
 
 
 def random_api_key() -> str:

@@ -62,9 +62,7 @@ async def _add_device(self: Any, device: Any) -> None:
     await _orig_add_device(self, device)
     if known is not None and not known.connected:
         known.rssi = next(_rssi)
-        known.properties_changed.emit(
-            ("org.bluez.Device1", {"RSSI": ("n", known.rssi)}, [])
-        )
+        known.properties_changed.emit(("org.bluez.Device1", {"RSSI": ("n", known.rssi)}, []))
 
 
 class _Adapter(Adapter):  # type: ignore[misc]

@@ -213,20 +213,40 @@ class GattApplication:
             for char_path, char in chars:
                 bus.export(char_path, char)
         bus.export("/adv", LEAdvertisement(self.local_name, self._advertised))
-        await self.call(self.adapter_path, "org.bluez.GattManager1", "RegisterApplication",
-                        "oa{sv}", ["/app", {}])
-        await self.call(self.adapter_path, "org.bluez.LEAdvertisingManager1",
-                        "RegisterAdvertisement", "oa{sv}", ["/adv", {}])
+        await self.call(
+            self.adapter_path,
+            "org.bluez.GattManager1",
+            "RegisterApplication",
+            "oa{sv}",
+            ["/app", {}],
+        )
+        await self.call(
+            self.adapter_path,
+            "org.bluez.LEAdvertisingManager1",
+            "RegisterAdvertisement",
+            "oa{sv}",
+            ["/adv", {}],
+        )
 
     async def call(
-        self, path: str, interface: str, member: str, signature: str = "",
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
         body: list[Any] | None = None,
     ) -> list[Any]:
         """Call a method on ``org.bluez`` and raise on a D-Bus error reply."""
         assert self._bus is not None
         reply = await self._bus.call(
-            Message(destination="org.bluez", path=path, interface=interface, member=member,
-                    signature=signature, body=body or [])
+            Message(
+                destination="org.bluez",
+                path=path,
+                interface=interface,
+                member=member,
+                signature=signature,
+                body=body or [],
+            )
         )
         assert reply is not None
         if reply.message_type == MessageType.ERROR:

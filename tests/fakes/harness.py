@@ -49,8 +49,12 @@ class BluezooHarness:
 
     async def start(self) -> None:
         self._daemon = await asyncio.create_subprocess_exec(
-            DBUS_DAEMON, "--session", "--nofork", "--print-address",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            DBUS_DAEMON,
+            "--session",
+            "--nofork",
+            "--print-address",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         assert self._daemon.stdout is not None
         async with asyncio.timeout(START_TIMEOUT_S):
@@ -58,8 +62,14 @@ class BluezooHarness:
         if self.n_adapters == 0:
             return
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.address)
-        args = [sys.executable, str(Path(__file__).with_name("bluezoo_patched.py")),
-                "--scan-interval", "1", "-a", CENTRAL_ADDRESS]
+        args = [
+            sys.executable,
+            str(Path(__file__).with_name("bluezoo_patched.py")),
+            "--scan-interval",
+            "1",
+            "-a",
+            CENTRAL_ADDRESS,
+        ]
         for i in range(1, self.n_adapters):
             args += ["-a", peripheral_address(i)]
         if self.verbose:
@@ -74,12 +84,24 @@ class BluezooHarness:
             raise RuntimeError(f"bluezoo did not start: {line!r}")
         self._bus = await MessageBus(bus_address=self.address, bus_type=BusType.SYSTEM).connect()
 
-    async def call(self, path: str, interface: str, member: str, signature: str = "",
-                   body: list[Any] | None = None) -> list[Any]:
+    async def call(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: list[Any] | None = None,
+    ) -> list[Any]:
         assert self._bus is not None
         reply = await self._bus.call(
-            Message(destination="org.bluez", path=path, interface=interface, member=member,
-                    signature=signature, body=body or [])
+            Message(
+                destination="org.bluez",
+                path=path,
+                interface=interface,
+                member=member,
+                signature=signature,
+                body=body or [],
+            )
         )
         assert reply is not None
         if reply.message_type == MessageType.ERROR:

@@ -122,8 +122,14 @@ class Wearable:
 class H10Strap(Wearable):
     """Heart rate (with RR) + battery + PMD (raw ACC frame type 1, int16 mG)."""
 
-    def __init__(self, bus_address: str, adapter_path: str, name: str = "Polar H10 0A1B2C3D",
-                 period_s: float = 0.05, battery: int = 87) -> None:
+    def __init__(
+        self,
+        bus_address: str,
+        adapter_path: str,
+        name: str = "Polar H10 0A1B2C3D",
+        period_s: float = 0.05,
+        battery: int = 87,
+    ) -> None:
         super().__init__(bus_address, adapter_path, name, period_s)
         app = self.app
         hrs = app.add_service(HRS)
@@ -134,8 +140,9 @@ class H10Strap(Wearable):
             bas, BATTERY_LEVEL, ["read", "notify"], on_read=lambda: bytes([self.battery])
         )
         pmd = app.add_service(PMD_SERVICE)
-        self.pmd_cp = app.add_characteristic(pmd, PMD_CP, ["read", "write", "indicate"],
-                                             on_read=self._features, on_write=self._on_cp)
+        self.pmd_cp = app.add_characteristic(
+            pmd, PMD_CP, ["read", "write", "indicate"], on_read=self._features, on_write=self._on_cp
+        )
         self.pmd_data = app.add_characteristic(pmd, PMD_DATA, ["notify"])
         self.acc_rate: int | None = None
         self.acc_started = asyncio.Event()
@@ -204,23 +211,33 @@ class H10Strap(Wearable):
             n = max(1, round(self.acc_rate * self.period_s))
             samples = acc_pattern(self._acc_index, n)
             self._acc_index += n
-            frame = (bytes([0x02]) + struct.pack("<Q", self.device_now_ns()) + bytes([0x01])
-                     + samples.astype("<i2").tobytes())
+            frame = (
+                bytes([0x02])
+                + struct.pack("<Q", self.device_now_ns())
+                + bytes([0x01])
+                + samples.astype("<i2").tobytes()
+            )
             self.pmd_data.notify(frame)
 
 
 class VeritySensor(Wearable):
     """Heart rate + PMD with delta-compressed ACC (type 0, FACTOR) and GYRO (type 0, FACTOR)."""
 
-    def __init__(self, bus_address: str, adapter_path: str, name: str = "Polar Sense 1A2B3C4D",
-                 period_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        bus_address: str,
+        adapter_path: str,
+        name: str = "Polar Sense 1A2B3C4D",
+        period_s: float = 0.05,
+    ) -> None:
         super().__init__(bus_address, adapter_path, name, period_s)
         app = self.app
         hrs = app.add_service(HRS)
         self.hrm = app.add_characteristic(hrs, HRM, ["notify"])
         pmd = app.add_service(PMD_SERVICE)
-        self.pmd_cp = app.add_characteristic(pmd, PMD_CP, ["read", "write", "indicate"],
-                                             on_write=self._on_cp)
+        self.pmd_cp = app.add_characteristic(
+            pmd, PMD_CP, ["read", "write", "indicate"], on_write=self._on_cp
+        )
         self.pmd_data = app.add_characteristic(pmd, PMD_DATA, ["notify"])
         self.streams: set[int] = set()
         #: counts sent per measurement type, frame by frame, for the tests to compare with
@@ -283,8 +300,9 @@ class VeritySensor(Wearable):
 class FootPod(Wearable):
     """Running Speed and Cadence service only."""
 
-    def __init__(self, bus_address: str, adapter_path: str, name: str = "Stryd Pod",
-                 period_s: float = 0.05) -> None:
+    def __init__(
+        self, bus_address: str, adapter_path: str, name: str = "Stryd Pod", period_s: float = 0.05
+    ) -> None:
         super().__init__(bus_address, adapter_path, name, period_s)
         svc = self.app.add_service(RSCS)
         self.rsc = self.app.add_characteristic(svc, RSC_MEASUREMENT, ["notify"])
@@ -303,12 +321,14 @@ class FootPod(Wearable):
 class PressureSensor(Wearable):
     """Environmental Sensing service with a notifying Pressure characteristic."""
 
-    def __init__(self, bus_address: str, adapter_path: str, name: str = "Baro Tag",
-                 period_s: float = 0.05) -> None:
+    def __init__(
+        self, bus_address: str, adapter_path: str, name: str = "Baro Tag", period_s: float = 0.05
+    ) -> None:
         super().__init__(bus_address, adapter_path, name, period_s)
         svc = self.app.add_service(ESS)
-        self.pressure = self.app.add_characteristic(svc, PRESSURE, ["read", "notify"],
-                                                    on_read=lambda: PRESSURE_NOTIFICATION)
+        self.pressure = self.app.add_characteristic(
+            svc, PRESSURE, ["read", "notify"], on_read=lambda: PRESSURE_NOTIFICATION
+        )
 
     @property
     def notify_chars(self) -> list[GattCharacteristic]:

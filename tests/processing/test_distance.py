@@ -101,6 +101,12 @@ def test_foot_pod_is_preferred_while_recent() -> None:
     e = DistanceTracker(1.75)
     e.add_rsc(T0, 2.0)
     assert e.add_rsc(T0 + 2.0, 4.0) == pytest.approx(6.0)
+    # A pod that reports its total only in some notifications is not counted twice.
+    f = DistanceTracker(1.75)
+    total = 0.0
+    for k in range(61):
+        total += f.add_rsc(T0 + k, 3.0, total_m=(50.0 + 3.0 * k) if k % 3 == 0 else None)
+    assert total == pytest.approx(180.0)
     # Pod gone: steps count again.
     later = e.add_steps(np.asarray(T0 + 100 + np.arange(5) * 0.5, dtype=np.float64))
     assert np.all(later > 0)

@@ -35,6 +35,17 @@ async def test_no_identify_closes_4000(make_relay: MakeRelay) -> None:
         assert "IDENTIFY" in reason
 
 
+async def test_silent_client_gets_4000_even_if_heartbeat_window_is_shorter(
+    make_relay: MakeRelay,
+) -> None:
+    """interval × 1.5 = 0.3 s < identify timeout 0.4 s: still 4000 (no IDENTIFY), not 4005."""
+    async with (
+        make_relay(identify_timeout_s=0.4, heartbeat_interval_ms=200) as relay,
+        raw_client(relay) as ws,
+    ):
+        await expect_close(ws, 4000)
+
+
 async def test_heartbeats_do_not_extend_identify_deadline(make_relay: MakeRelay) -> None:
     async with (
         make_relay(identify_timeout_s=0.3, heartbeat_interval_ms=200) as relay,
@@ -168,7 +179,9 @@ async def test_binary_frame_with_json_is_accepted(relay: Relay) -> None:
 
 async def test_missing_heartbeat_closes_4005(make_relay: MakeRelay) -> None:
     async with (
-        make_relay(heartbeat_interval_ms=200, heartbeat_leeway_s=0.05) as relay,
+        # a long identify timeout: the heartbeat rule must take over at READY, not after it
+        make_relay(heartbeat_interval_ms=200, heartbeat_leeway_s=0.05,
+                   identify_timeout_s=60.0) as relay,
         producer(relay) as ws,
     ):
         loop = asyncio.get_running_loop()
@@ -180,13 +193,14 @@ async def test_missing_heartbeat_closes_4005(make_relay: MakeRelay) -> None:
 
 async def test_heartbeats_keep_connection_alive(make_relay: MakeRelay) -> None:
     """Heartbeats every interval keep it open past several windows; stopping them → 4005."""
-    async with make_relay(heartbeat_interval_ms=200) as relay, consumer(relay) as ws:
+    async with make_relay(heartbeat_interval_ms=400) as relay, consumer(relay) as ws:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        # driven by the ACKs: each round-trip is followed by the next beat 0.15 s later
-        while loop.time() - start < 0.8:
+        # driven by the ACKs: each round-trip is followed by the next beat 0.2 s later, well
+        # inside the 0.6 s window even on a loaded machine; 1.3 s spans two whole windows
+        while loop.time() - start < 1.3:
             await heartbeat_roundtrip(ws)
-            await asyncio.sleep(0.15)  # the client's own heartbeat cadence, not a wait
+            await asyncio.sleep(0.2)  # the client's own heartbeat cadence, not a wait
         await expect_close(ws, 4005)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -37,6 +38,17 @@ from tests.relay.conftest import DEVELOPERS, TS, WAIT_S
 MAX_FRAME = 4096
 
 
+class _Collect(logging.Handler):
+    """Keeps ERROR records of the relay (an internal error is a crash we must see)."""
+
+    def __init__(self, into: list[logging.LogRecord]) -> None:
+        super().__init__(logging.ERROR)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record)
+
+
 class RelayThread:
     """A relay serving from its own thread and loop (hypothesis examples are synchronous)."""
 
@@ -48,6 +60,8 @@ class RelayThread:
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self.errors: list[logging.LogRecord] = []
+        self._handler = _Collect(self.errors)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -58,6 +72,7 @@ class RelayThread:
         self._loop.close()
 
     def __enter__(self) -> RelayThread:
+        logging.getLogger("agent.relay").addHandler(self._handler)
         self._thread.start()
         assert self._started.wait(WAIT_S)
         return self
@@ -65,6 +80,7 @@ class RelayThread:
     def __exit__(self, *exc: object) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(WAIT_S)
+        logging.getLogger("agent.relay").removeHandler(self._handler)
         assert not self._thread.is_alive()
 
     def call(self, coro: Any) -> Any:
@@ -198,6 +214,7 @@ def test_relay_still_serves_after_fuzzing(live: RelayThread) -> None:
     for s in after:  # every stored payload is valid JSON of the shape the core accepted
         assert isinstance(json.loads(s.d), dict)
     assert live.call(relay.dispatches("dev-b")) == []
+    assert [r.getMessage() for r in live.errors] == []  # no internal error on any input
 
 
 def test_oversized_frames_close_1009(live: RelayThread) -> None:

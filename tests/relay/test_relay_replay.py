@@ -49,6 +49,8 @@ async def replayed_seqs(c: object, expected: int) -> list[int]:
         (-5, 3, [1, 2]),
         (7, 3, []),  # empty range
         (5, 1000, [6, 7, 8, 9, 10]),
+        (-(2**70), 2**70, list(range(1, 11))),  # beyond SQLite's 64-bit integers
+        (2**70, None, []),
     ],
 )
 async def test_replay_bounds_are_exclusive(

@@ -280,8 +280,13 @@ async def wait_until(
 
 @pytest.fixture(autouse=True)
 def _debug_logs(caplog: pytest.LogCaptureFixture) -> None:
-    """Capture everything down to DEBUG so the secret scans see websockets' frame logs too."""
-    caplog.set_level(logging.DEBUG)
+    """Capture INFO and up everywhere, and the uplink's websockets frame log at DEBUG.
+
+    The uplink's frame log is where a token would leak (IDENTIFY carries it), so the secret
+    scans must see it; other DEBUG output (every consumer frame) only costs time.
+    """
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="agent.uplink.websockets")
 
 
 def env_without_secrets() -> dict[str, str]:

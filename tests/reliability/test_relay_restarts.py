@@ -42,8 +42,8 @@ from tests.reliability.conftest import (
 SEED = 20261127
 KILLS = 5
 MAX_IN_FLIGHT = 100
-BATCH = 5  # readings appended per durable commit (a sensor notification's worth)
-TAIL = 200  # readings streamed after the last restart
+BATCH = 20  # readings appended per durable commit (a second of a 20 Hz sensor)
+TAIL = 100  # readings streamed after the last restart
 
 
 class LiveConsumer:
@@ -63,10 +63,17 @@ class LiveConsumer:
         self._grew.set()
 
     async def wait_for_seqs(self, wanted: set[int]) -> None:
-        async with asyncio.timeout(WAIT_S):
-            while not wanted <= self.seqs.keys():
-                self._grew.clear()
-                await self._grew.wait()
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while not wanted <= self.seqs.keys():
+                    self._grew.clear()
+                    await self._grew.wait()
+        except TimeoutError:
+            missing = sorted(wanted - self.seqs.keys())
+            raise AssertionError(
+                f"live consumer is missing {len(missing)} seqs (first {missing[:5]}), "
+                f"last_seq={self.watcher.last_seq}, received={self.watcher.received}"
+            ) from None
 
 
 async def replay_from_zero(relay: RelayProcess, expected_rows: int) -> list[p.Dispatch]:
@@ -89,6 +96,7 @@ async def test_relay_sigkilled_repeatedly_during_a_stream_loses_nothing(
 ) -> None:
     rng = random.Random(SEED)
     relay = relay_process
+    relay.heartbeat_ms = 500
     await relay.start()
     tokens = RecordingTokens(
         RestToken(relay.url, USER_ID, DEV_ID, api_key_file=api_key_file, timeout_s=2.0)
@@ -108,7 +116,7 @@ async def test_relay_sigkilled_repeatedly_during_a_stream_loses_nothing(
         while not stop_stream.is_set():
             await box.append_durable([numbered(appended + k) for k in range(BATCH)])
             appended += BATCH
-            await asyncio.sleep(0.002)  # sensor pace, not a wait for anything
+            await asyncio.sleep(0.005)  # sensor pace, not a wait for anything
 
     runner = asyncio.create_task(uplink.run())
     watching = asyncio.create_task(consumer.watcher.run())
@@ -118,7 +126,7 @@ async def test_relay_sigkilled_repeatedly_during_a_stream_loses_nothing(
         await wait_until(uplink.wait_for, lambda: uplink.state.state is ConnState.READY)
         for _ in range(KILLS):
             # a random moment: after a random number of further frames went out
-            point = uplink.state.sent + rng.randint(20, 400)
+            point = uplink.state.sent + rng.randint(20, 300)
             await wait_until(uplink.wait_for, lambda point=point: uplink.state.sent >= point)
             kill_points.append(uplink.state.sent)
             await relay.kill()
@@ -151,7 +159,7 @@ async def test_relay_sigkilled_repeatedly_during_a_stream_loses_nothing(
     assert box.last_id == appended
 
     # the store: zero loss, order per type, duplicates only as resends
-    rows = stored_rows(relay.db)
+    rows = await asyncio.to_thread(stored_rows, relay.db)
     report = check_delivery(
         ((r.t, number_of(r.t, r.d)) for r in rows), range(appended)
     )

@@ -17,8 +17,10 @@ from tests.fakes.harness import DBUS_DAEMON, BluezooHarness, release_bleak_manag
 
 async def _harness(monkeypatch: pytest.MonkeyPatch, n: int) -> AsyncIterator[BluezooHarness]:
     if not os.access(DBUS_DAEMON, os.X_OK):
-        pytest.skip(f"{DBUS_DAEMON} not installed (apt-get install dbus-daemon): BlueZoo needs "
-                    "a private D-Bus daemon")
+        pytest.skip(
+            f"{DBUS_DAEMON} not installed (apt-get install dbus-daemon): BlueZoo needs "
+            "a private D-Bus daemon"
+        )
     harness = BluezooHarness(n_adapters=n, verbose=bool(os.environ.get("BLUEZOO_VERBOSE")))
     await harness.start()
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", harness.address)

@@ -87,9 +87,15 @@ async def test_processed_kpa_becomes_hpa(tmp_path: Path) -> None:
 
 
 async def test_raw_scale_offset_channel(tmp_path: Path) -> None:
-    make_device(tmp_path, "iio:device0", {
-        "in_pressure_raw": "4000\n", "in_pressure_scale": "0.025\n", "in_pressure_offset": "50\n",
-    })
+    make_device(
+        tmp_path,
+        "iio:device0",
+        {
+            "in_pressure_raw": "4000\n",
+            "in_pressure_scale": "0.025\n",
+            "in_pressure_offset": "50\n",
+        },
+    )
     sink = Sink()
     async with running(IioBarometer("iio:device0", interval_s=INTERVAL, root=str(tmp_path)), sink):
         await sink.until_count(1)
@@ -102,8 +108,9 @@ async def test_bad_values_are_counted_and_skipped(tmp_path: Path) -> None:
     d = make_device(tmp_path, "iio:device0", {"in_pressure_input": "garbage\n"})
     sink = Sink()
     tick = Ticker()
-    src = IioBarometer(str(d / "in_pressure_input"), interval_s=INTERVAL, root=str(tmp_path),
-                       sleep=tick)
+    src = IioBarometer(
+        str(d / "in_pressure_input"), interval_s=INTERVAL, root=str(tmp_path), sleep=tick
+    )
     async with running(src, sink):
         await tick.until(lambda: src.status.malformed >= 2)
         (d / "in_pressure_input").write_text("5000.0\n")  # 50000 hPa: implausible

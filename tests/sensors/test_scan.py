@@ -80,18 +80,25 @@ async def test_agent_scan_prints_table_config_and_json(
         rc = await asyncio.to_thread(scan_cmd.run, _args(timeout=SCAN_S, adapter="hci0"))
         out = capsys.readouterr().out
         rc_json = await asyncio.to_thread(
-            scan_cmd.run, _args(timeout=SCAN_S, adapter="hci0", json=True))
+            scan_cmd.run, _args(timeout=SCAN_S, adapter="hci0", json=True)
+        )
         data = json.loads(capsys.readouterr().out)
     finally:
         await strap.stop()
     assert rc == 0 and rc_json == 0
     assert "Polar H10 0A1B2C3D" in out and "heart_rate, pmd" in out
-    snippet = out[out.index("[[sensors.ble]]"):]
+    snippet = out[out.index("[[sensors.ble]]") :]
     table = tomllib.loads(snippet)["sensors"]["ble"][0]
     assert table["address"] == peripheral_address(1) and table["acc_rate_hz"] == 50
     assert table["service"] == "180d"
-    assert data == [{"name": "Polar H10 0A1B2C3D", "address": peripheral_address(1),
-                     "rssi": data[0]["rssi"], "services": ["heart_rate", "pmd"]}]
+    assert data == [
+        {
+            "name": "Polar H10 0A1B2C3D",
+            "address": peripheral_address(1),
+            "rssi": data[0]["rssi"],
+            "services": ["heart_rate", "pmd"],
+        }
+    ]
 
 
 def test_config_lines_are_valid_config() -> None:
@@ -110,14 +117,18 @@ def test_config_lines_are_valid_config() -> None:
 
 
 def test_config_lines_pass_the_agent_config_loader(tmp_path: Path) -> None:
-    devs = [ScannedDevice("Polar H10 ABCDEF12", "A0:9E:1A:00:00:01", -60, ("heart_rate", "pmd")),
-            ScannedDevice("Stryd", "C0:FF:EE:00:00:02", -70, ("rsc",))]
+    devs = [
+        ScannedDevice("Polar H10 ABCDEF12", "A0:9E:1A:00:00:01", -60, ("heart_rate", "pmd")),
+        ScannedDevice("Stryd", "C0:FF:EE:00:00:02", -70, ("rsc",)),
+    ]
     path = tmp_path / "agent.toml"
     path.write_text("\n".join(config_lines(d) for d in devs))
     sections = load_config(path, env={}).sensors.ble
     configs = [BleDeviceConfig(**dataclasses.asdict(s)) for s in sections]
     assert [(c.name, c.service, c.acc_rate_hz) for c in configs] == [
-        ("polar-h10-abcdef12", "180d", 50), ("stryd", "1814", None)]
+        ("polar-h10-abcdef12", "180d", 50),
+        ("stryd", "1814", None),
+    ]
 
 
 def test_services_of_infers_pmd_only_for_polar_models_with_it() -> None:
