@@ -382,6 +382,10 @@ def _reject_constant(name: str) -> Any:
     raise _invalid(f"{name} is not valid JSON")
 
 
+#: One decoder for every frame (``json.loads`` with options builds a new one per call).
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _loads(text: str | bytes) -> JsonObject:
     if isinstance(text, bytes | bytearray | memoryview):
         try:
@@ -389,7 +393,7 @@ def _loads(text: str | bytes) -> JsonObject:
         except UnicodeDecodeError:
             raise _invalid("frame is not UTF-8 text") from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = _DECODER.decode(text)
     except ProtocolError:
         raise
     except (ValueError, RecursionError):
@@ -920,17 +924,22 @@ class ServerSession:
 
     def deadline(self) -> float:
         """Next time :meth:`check` may close the connection."""
-        hb = self.last_heartbeat + self.heartbeat_window_s
         if self.state is ServerState.AWAIT_IDENTIFY:
-            return min(self.identify_deadline, hb)
-        return hb
+            # Before IDENTIFY only the identify deadline applies: a silent client gets 4000,
+            # whatever the heartbeat interval.
+            return self.identify_deadline
+        return self.last_heartbeat + self.heartbeat_window_s
 
     def check(self, now: float) -> CloseRequested | None:
         """Timeout rules at ``now``: 4000 for a missing IDENTIFY, 4005 for a missing heartbeat."""
         if self.state is ServerState.CLOSED:
             return None
-        if self.state is ServerState.AWAIT_IDENTIFY and now >= self.identify_deadline:
-            return self._close(CloseCode.IDENTIFY_EXPECTED, "IDENTIFY expected")
+        if self.state is ServerState.AWAIT_IDENTIFY:
+            if now >= self.identify_deadline:
+                return self._close(CloseCode.IDENTIFY_EXPECTED, "IDENTIFY expected")
+            return None
+        if self.state is ServerState.AWAIT_AUTH:
+            return None  # the token check is the server's, bounded by its own timeout
         if now >= self.last_heartbeat + self.heartbeat_window_s:
             return self._close(CloseCode.HEARTBEAT_EXPECTED, "heartbeat expected")
         return None

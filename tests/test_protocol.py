@@ -296,7 +296,9 @@ def test_server_requires_identify_before_anything_else() -> None:
 
 def test_server_identify_timeout_is_4000() -> None:
     s = _server()
-    assert s.deadline() == 1.5  # heartbeat window is earlier than the identify deadline here
+    # before IDENTIFY only the identify deadline counts, even with a short heartbeat interval
+    assert s.deadline() == 15.0
+    assert s.check(5.0) is None
     s = p.ServerSession(0.0, heartbeat_interval_ms=40000, identify_timeout_s=15.0)
     assert s.check(14.9) is None
     ev = s.check(15.0)

@@ -31,8 +31,8 @@ from agent import watch
 from agent.backoff import Backoff
 from agent.relay.server import Relay, RelayConfig
 from agent.watch import Watcher, WatchError, WatchOptions, endpoints, format_dispatch
-from tests.relay.conftest import expect_close, heartbeat_roundtrip, producer
 from tests.relay.conftest import consumer as raw_consumer
+from tests.relay.conftest import expect_close, heartbeat_roundtrip, producer
 from tests.relay.conftest import submit as submit_text
 
 ROOT = Path(__file__).resolve().parents[1]
