@@ -645,6 +645,10 @@ def _is_address(text: str) -> bool:
     return _is_uuid(text)  # macOS CoreBluetooth identifies peripherals by UUID
 
 
+#: Service names ``sensors.ble.service_uuid`` understands (kept here so config stays cheap).
+BLE_SERVICE_NAMES: Final = ("heart_rate", "pmd", "rsc", "pressure")
+
+
 def _is_uuid(text: str) -> bool:
     import uuid
 
@@ -750,8 +754,13 @@ def _validate(config: Config, sources: Mapping[str, str]) -> None:
             raise ConfigError(
                 f"{key}.address", "must be a Bluetooth address like A0:9E:1A:12:34:56 (or a UUID)"
             )
-        if dev.service is not None and not _is_uuid(dev.service):
-            raise ConfigError(f"{key}.service", "must be a UUID or a 16-bit short form like 180d")
+        if (dev.service is not None and dev.service not in BLE_SERVICE_NAMES
+                and not _is_uuid(dev.service)):
+            raise ConfigError(
+                f"{key}.service",
+                f"must be one of {', '.join(BLE_SERVICE_NAMES)}, a UUID or a 16-bit short form "
+                "like 180d",
+            )
         if dev.adapter is not None and "/" in dev.adapter:
             raise ConfigError(f"{key}.adapter", "must be an adapter name like hci0")
 

@@ -356,6 +356,18 @@ battery_interval_s = 60
     assert set(dataclasses.asdict(chest)) == {f.name for f in dataclasses.fields(BleDeviceSection)}
 
 
+@pytest.mark.parametrize("service", ["heart_rate", "pmd", "rsc", "pressure", "180d"])
+def test_ble_service_names_load_and_map_onto_the_ble_config(tmp_path: Path, service: str) -> None:
+    from sensors.ble import BleDeviceConfig, service_uuid
+
+    config = load(tmp_path, f'[[sensors.ble]]\nname = "x"\nservice = "{service}"\n')
+    section = config.sensors.ble[0]
+    ble = BleDeviceConfig(**dataclasses.asdict(section))
+    assert service_uuid(ble.service or "").endswith("-0000-1000-8000-00805f9b34fb") or (
+        service == "pmd"
+    )
+
+
 @pytest.mark.parametrize(
     ("table", "key", "problem"),
     [

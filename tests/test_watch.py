@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -288,6 +289,40 @@ async def test_reconnects_after_4002_with_max_backoff_fresh_token_and_replay(
     assert backoff.max_delays >= 1 and backoff.next_delays == 0  # 4002: straight to the max
     assert backoff.attempt >= 30
     assert len(w.tokens) == backoff.readies == 2 and len(set(w.tokens)) == 2
+
+
+async def test_reconnects_after_relay_restart_and_replays_what_it_missed(
+    tmp_path: Path,
+) -> None:
+    config = RelayConfig(port=0, db=tmp_path / "relay.sqlite", developers={DEV: KEY},
+                         heartbeat_interval_ms=2000, token_ttl_s=60.0)
+    out = Lines()
+    async with Relay(config) as first:
+        w, backoff = make_watcher(first, out, json_output=True)
+        task = asyncio.create_task(w.run())
+        try:
+            await backoff.wait_ready()
+            await submit_all(first, "alice", [hr(61), hr(62)])
+            await out.wait(2)
+            port = first.port
+        except BaseException:
+            await stop(task)
+            raise
+    # ``first`` closed every connection with 1001; the watcher now retries with backoff.
+    try:
+        async with Relay(dataclasses.replace(config, port=port)) as second:
+            await submit_all(second, "alice", [hr(63)])  # seq 3, stored before or after it is back
+            await backoff.wait_ready(2)
+            await submit_all(second, "alice", [hr(64)])
+            await out.wait(4)
+            await stop(task)
+    finally:
+        if not task.done():
+            await stop(task)
+    assert out.seqs() == [1, 2, 3, 4]
+    assert [json.loads(line)["d"]["val"] for line in out.lines] == [61, 62, 63, 64]
+    assert backoff.next_delays >= 1 and backoff.max_delays == 0  # 1001: ordinary backoff
+    assert len(set(w.tokens)) == len(w.tokens) >= 2  # a fresh token for every connection
 
 
 @dataclass
