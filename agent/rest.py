@@ -52,6 +52,7 @@ def _post(url: str, dev_id: str, api_key: str, ca_file: str | None, timeout_s: f
         with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
             body = response.read(MAX_RESPONSE_BYTES + 1)
     except urllib.error.HTTPError as exc:
+        exc.close()  # it owns the response socket: close it now, not at garbage collection
         advice = " (check dev id and API key)" if exc.code == 403 else ""
         raise TokenRequestError(f"{where} answered HTTP {exc.code}{advice}", exc.code) from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:

@@ -216,7 +216,8 @@ class Watcher:
                             self.backoff.session_started(time.monotonic())
                             if self.last_seq is not None or self.options.replay_only:
                                 after = self.last_seq if self.last_seq is not None else 0
-                                before = self.options.before or OPEN_UPPER_BOUND
+                                before = (OPEN_UPPER_BOUND if self.options.before is None
+                                          else self.options.before)
                                 await ws.send(session.replay(after, before))
                         elif isinstance(event, p.DispatchReceived):
                             upper = self.options.before

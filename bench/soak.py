@@ -380,6 +380,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         ys = [s.rss / 2**20 for s in post]
         slope = statistics.linear_regression(xs, ys).slope * 3600.0  # MB per wall hour
     lat = analyse_latency(collected.arrivals, args.speed, wall0 + warm)
+    if args.arrivals is not None:
+        with args.arrivals.open("w") as f:
+            f.write("type,recv_unix,ts,seq\n")
+            for typ, recv, ts, seq in collected.arrivals:
+                f.write(f"{typ},{recv:.6f},{ts},{seq}\n")
     types: dict[str, int] = {}
     for typ, *_ in collected.arrivals:
         types[typ] = types.get(typ, 0) + 1
@@ -503,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     ap.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    ap.add_argument("--arrivals", type=Path, default=None,
+                    help="write every DISPATCH as CSV (type, receive time, ts, seq) to this file")
     args = ap.parse_args(argv)
     if args.warmup is None:
         args.warmup = min(60.0, 0.1 * args.minutes * 60.0 / args.speed)

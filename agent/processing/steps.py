@@ -4,11 +4,12 @@ Theory of operation (every stage is causal and carries its state across ``feed``
 result does not depend on how the stream is cut into blocks):
 
 1. **Resample.** The acceleration magnitude ``|a|`` (orientation-free: the device may sit in a
-   pocket, a hand, a strap) is linearly interpolated onto a fixed internal grid (50 Hz by default)
-   anchored at the first sample. Irregular timestamps, bursts and rates from 25 Hz up all look the
-   same after this. A silence longer than ``max_gap_s`` ends the segment: what is pending is
-   settled, filter state is dropped and the next sample starts a fresh segment, so no step is ever
-   interpolated across a hole.
+   pocket, a hand, a strap) is averaged over each interval of a fixed internal grid (50 Hz by
+   default, anchored at the first sample) from its running integral: linear interpolation with a
+   box anti-alias filter, one vectorised ``np.interp`` per block. Irregular timestamps, bursts
+   and rates from 25 Hz up all look the same after this. A silence longer than ``max_gap_s``
+   ends the segment: what is pending is settled, filter state is dropped and the next sample
+   starts a fresh segment, so no step is ever interpolated across a hole.
 2. **Band-pass.** A Butterworth band-pass over walking step frequencies (1–3 Hz, i.e. 60–180
    steps/min) removes gravity and the impact ringing. The low edge at 1 Hz matters: a device on
    one leg (trouser pocket) or arm sees a strong *stride*-rate component (half the step rate,
@@ -72,7 +73,10 @@ class StepDetectorConfig:
         min_prominence: ...and by at least this much in m/s² (rest and handling noise stay below).
         amp_tau_s: time constant of the running RMS amplitude (a few steps).
         min_interval_s: absolute minimum step interval (3.5 steps/s is beyond a sprint cadence).
-        refractory_frac: minimum interval as a fraction of the current step period.
+        refractory_frac: minimum interval as a fraction of the current step period...
+        max_refractory_s: ...but never more than this: the double bump of one step (heel strike,
+            push-off) lies well within half a second, and a longer lock-out would let a detector
+            that latched onto the stride rate (leg- or arm-worn device) stay there forever.
         max_interval_s: a pause longer than this ends a walking bout (0.5 steps/s).
         bout_min_steps: peaks that must form a rhythmic train before any is counted.
         rhythm_tolerance: relative deviation of a step interval from the current period that
@@ -94,6 +98,7 @@ class StepDetectorConfig:
     amp_tau_s: float = 3.0
     min_interval_s: float = 0.28
     refractory_frac: float = 0.6
+    max_refractory_s: float = 0.45
     max_interval_s: float = 2.0
     bout_min_steps: int = 5
     rhythm_tolerance: float = 0.4
@@ -126,7 +131,8 @@ class StepDetector:
         # correction would make results depend on where the stream was cut into blocks.
         f0 = 2.0
         _, h = signal.sosfreqz(self._sos, worN=[f0], fs=cfg.fs_hz)
-        self._delay_s = max(0.0, -float(np.angle(h[0])) / (2 * math.pi * f0))
+        # (+ half a grid interval for the box average of the resampler)
+        self._delay_s = max(0.0, -float(np.angle(h[0])) / (2 * math.pi * f0)) + self._dt / 2
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -134,6 +140,8 @@ class StepDetector:
         """Forget everything (start of a new stream)."""
         self._last_t: float | None = None
         self._last_m = 0.0
+        self._cum_last = 0.0  # integral of |a| up to _last_t (relative to the last grid point)
+        self._cum_grid = 0.0  # integral of |a| up to the last grid point
         self._reset_segment()
         self._amp2 = 0.0
         # refractory stage: (time, prominence) of the peak awaiting its refractory window
@@ -219,17 +227,32 @@ class StepDetector:
             self._k_next = 0
             self._zi = self._zi0 * m[0]
             tt, mm = t, m
+            self._cum_last = 0.0
+            self._cum_grid = -float(m[0]) * self._dt
         else:
             assert self._last_t is not None
             tt = np.concatenate(([self._last_t], t))
             mm = np.concatenate(([self._last_m], m))
+        # Anti-aliased resampling: each grid value is the mean of |a| over the preceding grid
+        # interval (a box filter, nulls at multiples of fs_hz), taken from the running integral of
+        # the linearly interpolated input. Point-sampling a 100-400 Hz stream would alias the
+        # heel-strike transients into the step band; averaging also copes with bursts naturally.
+        cum = self._cum_last + np.concatenate(
+            ([0.0], np.cumsum(0.5 * (mm[1:] + mm[:-1]) * np.diff(tt)))
+        )
         self._last_t, self._last_m = float(t[-1]), float(m[-1])
+        self._cum_last = float(cum[-1])
         k_end = math.floor((tt[-1] - self._anchor) * self.config.fs_hz + 1e-9)
         if k_end < self._k_next:
             return
         k = np.arange(self._k_next, k_end + 1)
         grid = self._anchor + k * self._dt
-        x = np.interp(grid, tt, mm)
+        cum_grid = np.interp(grid, tt, cum)
+        x = np.diff(np.concatenate(([self._cum_grid], cum_grid))) / self._dt
+        # keep the integral small (re-reference at the last grid point): bounded rounding error
+        ref = float(cum_grid[-1])
+        self._cum_grid = 0.0
+        self._cum_last -= ref
         self._k_next = k_end + 1
         y, self._zi = signal.sosfilt(self._sos, x, zi=self._zi)
         # running mean square (EMA of y^2), carried across blocks
@@ -274,7 +297,9 @@ class StepDetector:
 
     def _min_interval(self) -> float:
         cfg = self.config
-        return max(cfg.min_interval_s, cfg.refractory_frac * self._period)
+        return min(
+            cfg.max_refractory_s, max(cfg.min_interval_s, cfg.refractory_frac * self._period)
+        )
 
     def _timeout(self) -> float:
         return min(self.config.max_interval_s, max(1.0, 3.0 * self._period))

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from agent.backoff import Backoff
+from agent.outbox import Outbox
 from agent.protocol import DataType, format_ts
 from agent.readings import Reading
 from agent.relay.server import Relay, RelayConfig
@@ -271,11 +272,45 @@ def log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 async def wait_until(
-    wait_for: Callable[[Callable[[], bool]], Any], pred: Callable[[], bool], timeout: float = WAIT_S
+    wait_for: Callable[[Callable[[], bool]], Any], pred: Callable[[], bool], limit_s: float = WAIT_S
 ) -> None:
-    """``await wait_for(pred)`` bounded by ``timeout`` (fails the test instead of hanging)."""
-    async with asyncio.timeout(timeout):
+    """``await wait_for(pred)`` bounded by ``limit_s`` (fails the test instead of hanging)."""
+    async with asyncio.timeout(limit_s):
         await wait_for(pred)
+
+
+class Sensor:
+    """Streams numbered readings into an outbox, committed durably a batch at a time.
+
+    The pace (``period_s`` per batch) imitates a sensor; it is not a wait for anything.
+    """
+
+    def __init__(self, box: Outbox, batch: int = 10, period_s: float = 0.02) -> None:
+        self.box = box
+        self.batch = batch
+        self.period_s = period_s
+        self.appended = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> Sensor:
+        self._task = asyncio.create_task(self._run(), name="sensor")
+        return self
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            readings = [numbered(self.appended + k) for k in range(self.batch)]
+            await self.box.append_durable(readings)
+            self.appended += self.batch
+            await asyncio.sleep(self.period_s)
+
+    async def stop(self) -> int:
+        """Stop after the batch in progress; returns how many readings were appended."""
+        self._stop.set()
+        if self._task is not None:
+            async with asyncio.timeout(WAIT_S):
+                await self._task
+        return self.appended
 
 
 @pytest.fixture(autouse=True)

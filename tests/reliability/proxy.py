@@ -17,7 +17,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: pipes live in a set
 class _Pipe:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter
@@ -37,6 +37,7 @@ class FaultyProxy:
         self._pipes: set[_Pipe] = set()
         self._server: asyncio.Server | None = None
         self._stall_new = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> FaultyProxy:
         """Listen on a free loopback port."""
@@ -45,10 +46,12 @@ class FaultyProxy:
         return self
 
     async def close(self) -> None:
-        """Stop listening and drop every connection."""
+        """Stop listening, drop every connection and wait for the pumps to finish."""
         if self._server is not None:
             self._server.close()
         self.cut()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -96,6 +99,9 @@ class FaultyProxy:
             asyncio.create_task(self._pump(reader, up_writer, pipe)),
             asyncio.create_task(self._pump(up_reader, writer, pipe)),
         ]
+        for task in pipe.tasks:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pipe: _Pipe
