@@ -38,10 +38,13 @@ from websockets.asyncio.client import connect
 from agent.outbox import Outbox
 from agent.protocol import DataType
 from agent.readings import Reading
+from agent.uplink import DEFAULT_BARRIER_SPACING_S, DEFAULT_MAX_IN_FLIGHT
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV = "bench"
 USER = "bench-user"
+#: Uplink settings for the drain (command line; the library defaults unless changed).
+UPLINK_OPTIONS: dict[str, float] = {}
 #: The bare client beats this often so the relay's 4005 watchdog (40 s + leeway) stays quiet.
 BARE_BEAT_EVERY = 20_000
 
@@ -150,7 +153,7 @@ async def bare_client(relay: RelayProc, frames: list[str], key_file: Path) -> fl
     return time.perf_counter() - t0
 
 
-async def child(outbox_path: Path, base: str, key_file: Path) -> None:
+async def child(outbox_path: Path, base: str, key_file: Path, options: dict[str, float]) -> None:
     """The uplink side, in its own process so its peak RSS is its own."""
     from agent.tokens import RestToken
     from agent.uplink import Uplink
@@ -160,7 +163,11 @@ async def child(outbox_path: Path, base: str, key_file: Path) -> None:
     rss_before = proc_status_kb("VmRSS")
     tokens = RestToken(base, USER, DEV, api_key_file=key_file)
     ws_url = base.replace("http", "ws", 1) + "/connect"
-    uplink = Uplink(ws_url, tokens, box)
+    uplink = Uplink(
+        ws_url, tokens, box,
+        max_in_flight=int(options["max_in_flight"]),
+        barrier_spacing_s=options["barrier_spacing_s"],
+    )
     t0 = time.perf_counter()
     task = asyncio.create_task(uplink.run())
     waiter = asyncio.create_task(uplink.wait_for(lambda: uplink.acked_id >= box.last_id))
@@ -181,6 +188,8 @@ async def child(outbox_path: Path, base: str, key_file: Path) -> None:
 async def run_child(outbox_path: Path, relay: RelayProc, key_file: Path) -> dict[str, float]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--child", str(outbox_path), relay.base, str(key_file),
+        "--max-in-flight", str(int(UPLINK_OPTIONS["max_in_flight"])),
+        "--barrier-spacing", str(UPLINK_OPTIONS["barrier_spacing_s"]),
         stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
     )
     out, _ = await proc.communicate()
@@ -206,10 +215,15 @@ async def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="scratch directory")
     ap.add_argument("--repeat", type=int, default=1,
                     help="uplink/bare pairs for the comparison (median; order alternates)")
+    ap.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT)
+    ap.add_argument("--barrier-spacing", type=float, default=DEFAULT_BARRIER_SPACING_S)
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    UPLINK_OPTIONS.update(
+        max_in_flight=args.max_in_flight, barrier_spacing_s=args.barrier_spacing
+    )
     if args.child:
-        await child(Path(args.child[0]), args.child[1], Path(args.child[2]))
+        await child(Path(args.child[0]), args.child[1], Path(args.child[2]), UPLINK_OPTIONS)
         return
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="drain-bench-") as tmp:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox
+from agent.outbox import ROW_OVERHEAD_BYTES, Outbox
 from agent.protocol import DataType, parse
 from agent.readings import Reading
 
@@ -109,8 +109,8 @@ async def test_cap_evicts_raw_types_first_records_gaps_and_counts(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "o.sqlite3"
-    frame_hr = len(hr(0).submit_text())
-    frame_acc = len(acc(0).submit_text())
+    frame_hr = len(hr(0).submit_text()) + ROW_OVERHEAD_BYTES
+    frame_acc = len(acc(0).submit_text()) + ROW_OVERHEAD_BYTES
     # room for all HR and a few ACC rows
     cap = 20 * frame_hr + 40 * frame_acc
     box = await Outbox.open(path, max_bytes=cap)

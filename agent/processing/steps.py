@@ -23,8 +23,9 @@ result does not depend on how the stream is cut into blocks):
    amplitude of the signal (an exponential RMS), so the threshold follows a stroll and a sprint
    alike, plus a small absolute floor that rest noise never reaches.
 4. **Refractory interval.** Two peaks closer than the current minimum interval (a fixed fraction
-   of the current step period, never below the ~3.5 steps/s a human reaches) are one step: the
-   more prominent wins. This removes the double bump of heel strike and toe-off.
+   of the current step period, never below the ~3.5 steps/s a human reaches and never above
+   ``max_refractory_s``) are one step: the more prominent wins. This removes the double bump of
+   heel strike and push-off without letting a detector latched onto the stride rate stay there.
 5. **Walking-bout gate.** A step is only counted once ``bout_min_steps`` peaks occur with plausible
    and mutually consistent intervals (within ``rhythm_tolerance`` of their median); the buffered
    ones are then counted retroactively. Isolated bumps (putting the phone down, a door, a
@@ -35,6 +36,8 @@ result does not depend on how the stream is cut into blocks):
    recent steps (``min_step_ratio``) are the weight shift before the first heel strike, the
    closing shuffle after the last one, or handling: weak peaks leading a train are dropped, and a
    weak peak inside a walk is held provisionally and counted only if the walk continues after it.
+   For ``walk_memory_s`` after a walk ends, a new train must also be comparable to that walk
+   (people stop, then take the phone out of a pocket or bag: rhythmic, but much weaker).
 
 Step times are reported as the time of the filtered peak minus the band-pass filter's phase delay
 at a typical cadence (2 steps/s), which puts them close to the heel strike.
@@ -86,6 +89,8 @@ class StepDetectorConfig:
             not a step. Steady gait repeats its impact closely; the weight shift before the first
             heel strike, the closing shuffle after the last one and handling bumps are several
             times weaker than real steps.
+        walk_memory_s: for this long after a walk ends, a new train must also reach
+            ``min_step_ratio`` of that walk's step prominence (stopping, then handling the phone).
     """
 
     fs_hz: float = 50.0
@@ -103,6 +108,7 @@ class StepDetectorConfig:
     bout_min_steps: int = 5
     rhythm_tolerance: float = 0.4
     min_step_ratio: float = 0.3
+    walk_memory_s: float = 10.0
 
 
 class StepDetector:
@@ -151,6 +157,7 @@ class StepDetector:
         self._bout: list[tuple[float, float]] = []  # (time, prominence) of the train
         self._proms: deque[float] = deque(maxlen=8)  # prominences of recent counted steps
         self._provisional: tuple[float, float] | None = None  # weak in-rhythm peak
+        self._prev_walk: tuple[float, float] | None = None  # (end, median prominence)
         self._last_step: float | None = None
         self._intervals: deque[float] = deque(maxlen=8)
         self._period = 0.55
@@ -336,6 +343,7 @@ class StepDetector:
             self._walking = False
             self._provisional = None
             self._bout = []
+            self._prev_walk = (self._last_step, float(np.median(np.asarray(self._proms))))
         if self._bout and ts - self._bout[-1][0] > cfg.max_interval_s:
             self._bout = []
         self._bout.append((ts, prom))
@@ -351,9 +359,11 @@ class StepDetector:
             times = np.asarray([b[0] for b in self._bout])
             ivs = np.diff(times)
             med = float(np.median(ivs))
+            train_prom = float(np.median([p for _, p in self._bout]))
             if (
                 cfg.min_interval_s <= med <= cfg.max_interval_s
                 and float(np.max(np.abs(ivs / med - 1.0))) <= cfg.rhythm_tolerance
+                and not self._after_walk_and_weak(float(times[0]), train_prom)
             ):
                 self._walking = True
                 self._intervals.clear()
@@ -363,6 +373,20 @@ class StepDetector:
                 for t_b, p_b in self._bout:
                     self._count(t_b, p_b, out)
                 self._bout = []
+
+    def _after_walk_and_weak(self, t_start: float, train_prom: float) -> bool:
+        """True for a weak rhythmic train right after a walk: handling the phone, not walking.
+
+        People often stop and then take the phone out of a pocket or bag; that motion can be
+        rhythmic but is several times weaker than the walk just before it. Walking resumed after
+        a pause has an impact comparable to the previous walk.
+        """
+        if self._prev_walk is None:
+            return False
+        t_end, prom = self._prev_walk
+        if t_start - t_end > self.config.walk_memory_s:
+            return False
+        return train_prom < self.config.min_step_ratio * prom
 
     def _count(self, ts: float, prom: float, out: list[float]) -> None:
         self._proms.append(prom)

@@ -34,7 +34,8 @@ def gait(
     frac = phase % 1.0
     # one sharp-ish bump per step (heel strike + loading), a little asymmetric left/right
     side = np.where(np.floor(phase) % 2 == 0, 1.0, 0.85)
-    vert = 3.0 * side * np.exp(-0.5 * ((frac - 0.15) / 0.08) ** 2) - 0.9
+    bump = 3.0 * side * np.exp(-0.5 * ((frac - 0.15) / 0.08) ** 2)
+    vert = bump - 3.0 * 0.925 * 0.08 * np.sqrt(2 * np.pi)  # zero mean: no jump at start/stop
     lateral = 0.8 * np.sin(np.pi * phase)
     fwd = 0.7 * np.sin(2 * np.pi * phase + 1.0)
     body = np.stack([fwd, lateral, vert], axis=1) * walking[:, None]
@@ -175,3 +176,21 @@ def test_real_recordings_within_loose_bound(rec: str) -> None:
     n = np.concatenate(out).size
     truth = int(r.truth["steps"])
     assert abs(n - truth) / truth < 0.05, (n, truth)
+
+
+def test_weak_bumps_around_a_walk_are_not_steps() -> None:
+    """A weight shift before the first step is dropped; the total stays within one step.
+
+    (After the last step the band-pass rings for about one period, which together with a closing
+    shuffle can still yield one extra step: a known limitation, hence the tolerance of one.)
+    """
+    rng = np.random.default_rng(17)
+    t = T0 + np.arange(0, 30.0, 0.02)
+    xyz, truth = gait(t, 2.0, rng, t_on=5.0, t_off=20.0)
+    up = xyz / np.linalg.norm(xyz, axis=1, keepdims=True)
+    for c in (truth[0] - 0.5, truth[-1] + 0.5):  # one step interval before / after the walk
+        xyz += 0.5 * np.exp(-0.5 * ((t - c) / 0.08) ** 2)[:, None] * up
+    steps = stream(StepDetector(), t, xyz, block=50)
+    assert abs(steps.size - truth.size) <= 1, (steps.size, truth.size)
+    assert steps.min() > truth[0] - 0.3
+    assert steps.max() < truth[-1] + 0.7

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +111,11 @@ def ready(uplink: Uplink) -> bool:
     return uplink.state.state is ConnState.READY
 
 
+def reconnected(uplink: Uplink, connections: int) -> Callable[[], bool]:
+    """READY on a connection newer than the ``connections``-th."""
+    return lambda: uplink.state.connections > connections and ready(uplink)
+
+
 @pytest.mark.slow
 async def test_random_cuts_lose_nothing_and_recover_within_bound(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -128,10 +133,7 @@ async def test_random_cuts_lose_nothing_and_recover_within_bound(
             connections = uplink.state.connections
             r.proxy.cut()
             cut_at = loop.time()
-            await wait_until(
-                uplink.wait_for,
-                lambda c=connections: uplink.state.connections > c and ready(uplink),
-            )
+            await wait_until(uplink.wait_for, reconnected(uplink, connections))
             recoveries.append(loop.time() - cut_at)
         appended, duplicates = await drain_and_check(r, tmp_path)
         secrets = [API_KEY, *r.tokens.issued]
@@ -162,9 +164,7 @@ async def test_half_open_connection_detected_by_ack_watchdog(
         # nothing was confirmed through the black hole beyond what was in flight before it
         assert r.proxy.open_connections >= 1
         r.proxy.resume()
-        await wait_until(
-            uplink.wait_for, lambda: uplink.state.connections > connections and ready(uplink)
-        )
+        await wait_until(uplink.wait_for, reconnected(uplink, connections))
         recovered = loop.time() - stalled_at
         # the uplink keeps delivering on the new connection
         await wait_until(uplink.wait_for, lambda: uplink.acked_id > acked_before)
