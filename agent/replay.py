@@ -91,6 +91,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="with --server: file holding a fresh producer token")
     parser.add_argument("--token-command", metavar="CMD",
                         help="with --server: command printing a fresh producer token")
+    parser.add_argument("--token-url", metavar="URL",
+                        help="with --server: mint tokens at URL/auth/user?id= (needs --dev-id, "
+                        "--api-key-file, --user-id)")
+    parser.add_argument("--dev-id", metavar="ID", help="developer id for --token-url")
+    parser.add_argument("--api-key-file", metavar="PATH", help="API key file for --token-url")
+    parser.add_argument("--user-id", metavar="ID", help="user id for --token-url")
     parser.add_argument("--allow-insecure-ws", action="store_true",
                         help="with --server: allow ws:// to a non-loopback host")
 
@@ -349,15 +355,28 @@ CLOSE_GRACE_S: Final = 10.0
 
 
 def _token_provider(args: argparse.Namespace) -> TokenProvider:
-    from agent.tokens import TokenCommand, TokenFile
+    from agent.tokens import RestToken, TokenCommand, TokenFile
 
     if getattr(args, "token_file", None):
         return TokenFile(args.token_file)
     if getattr(args, "token_command", None):
         return TokenCommand(args.token_command)
+    if getattr(args, "token_url", None):
+        missing = [flag for flag, value in (("--dev-id", args.dev_id),
+                                            ("--api-key-file", args.api_key_file),
+                                            ("--user-id", args.user_id)) if not value]
+        if missing:
+            raise ReplayError(f"--token-url needs {', '.join(missing)}")
+        try:
+            return RestToken(args.token_url, args.user_id, args.dev_id,
+                             api_key_file=args.api_key_file,
+                             allow_insecure=bool(getattr(args, "allow_insecure_ws", False)))
+        except ValueError as exc:
+            raise ReplayError(str(exc)) from None
     raise ReplayError(
         "--server needs a producer token source: --token-file PATH (re-read for every "
-        "connection) or --token-command CMD (prints a fresh token)"
+        "connection), --token-command CMD (prints a fresh token) or --token-url URL with "
+        "--dev-id, --api-key-file and --user-id"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gzip
 import json
 from pathlib import Path
@@ -167,3 +168,31 @@ def test_realtime_paces_by_recorded_time(recording: Path) -> None:
         sleep=sleep, clock=lambda: now[0]))
     assert count > 0
     assert now[0] == pytest.approx(40.0, abs=0.1)  # the recording spans 40 s
+
+
+async def test_server_with_token_url_mints_tokens_over_rest(
+    recording: Path, tmp_path: Path
+) -> None:
+    from agent.relay.server import Relay, RelayConfig
+
+    key = tmp_path / "dev.key"
+    key.write_text("replay-test-key-123")
+    key.chmod(0o600)
+    async with Relay(RelayConfig(port=0, db=tmp_path / "relay.sqlite",
+                                 developers={"dev1": "replay-test-key-123"})) as relay:
+        status = await asyncio.to_thread(main, [
+            "replay", str(recording), "--server", relay.ws_url, "--token-url", relay.url,
+            "--dev-id", "dev1", "--api-key-file", str(key), "--user-id", "walker",
+        ])
+        stored = await relay.dispatches()
+    assert status == 0
+    assert stored and all(s.uid == "walker" for s in stored)
+
+
+def test_token_url_without_its_companions_is_a_usage_error(
+    recording: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["replay", str(recording), "--server", "ws://127.0.0.1:9/connect",
+            "--token-url", "http://127.0.0.1:9", "--dev-id", "d"]
+    assert main(args) == 2
+    assert "--api-key-file, --user-id" in capsys.readouterr().err
