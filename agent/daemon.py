@@ -53,6 +53,8 @@ TICK_S = 1.0
 #: Embedded relay identity (local only; the key never leaves this process).
 EMBEDDED_DEV_ID = "local"
 EMBEDDED_USER_ID = "wearer"
+#: A one-line state summary goes to the log this often (the journal shows health over weeks).
+SUMMARY_LOG_S = 600.0
 
 
 class RelayTokens:
@@ -229,6 +231,7 @@ class Daemon:
         watchdog = self.notifier.watchdog_interval_s()
         period = min(interval, watchdog / 2) if watchdog else interval
         last_write = 0.0
+        last_log = time.monotonic()
         while True:
             if self.outbox is not None:
                 stats = await self.outbox.stats()
@@ -243,6 +246,9 @@ class Daemon:
                 last_write = now
                 await asyncio.to_thread(_write_json_atomic, path, state)
                 self.notifier.status(_status_line(state))
+            if now - last_log >= SUMMARY_LOG_S:
+                last_log = now
+                log.info("status: %s", _status_line(state))
             self.notifier.watchdog()
             await asyncio.sleep(period)
 
@@ -445,8 +451,12 @@ class Daemon:
 def _status_line(state: dict[str, Any]) -> str:
     up = state.get("uplink", {})
     ob = state.get("outbox", {})
-    return (f"{up.get('state', '?')}; outbox {ob.get('depth', '?')} rows; "
-            f"{state.get('readings_total', 0)} readings")
+    age = ob.get("oldest_age_s")
+    sensors = ", ".join(f"{s.get('name')} {s.get('state')}" for s in state.get("sensors", []))
+    return (f"uplink {up.get('state', '?')}; outbox {ob.get('depth', '?')} rows"
+            + ("" if age is None else f" (oldest {age:.0f} s)")
+            + f"; dropped {ob.get('dropped', 0)}; {state.get('readings_total', 0)} readings"
+            + (f"; sensors: {sensors}" if sensors else ""))
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
