@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,11 +21,15 @@ from pathlib import Path
 import pytest
 
 from agent.outbox import Outbox
+from agent.protocol import DataType
+from agent.readings import Reading
 from agent.relay.server import Relay
 from agent.uplink import Uplink
 from agent.uplink_state import ConnState
 from tests.reliability.conftest import (
     API_KEY,
+    DT,
+    T0,
     WAIT_S,
     RecordingTokens,
     RelayTokens,
@@ -34,6 +40,7 @@ from tests.reliability.conftest import (
     inprocess_relay,
     log_lines,
     number_of,
+    numbered,
     stored_rows,
     wait_until,
 )
@@ -177,3 +184,74 @@ async def test_half_open_connection_detected_by_ack_watchdog(
     # a retry may still have gone into the black hole: it gives up after the open timeout
     assert recovered <= detected + OPEN_TIMEOUT_S + BACKOFF_CAP_S + SLACK_S + 0.5, recovered
     assert_no_secrets(log_lines(caplog), secrets)
+
+
+def raw(i: int) -> Reading:
+    """High-rate raw reading number ``i`` (ACCELERATION for even, GYROSCOPE for odd ``i``)."""
+    kind = DataType.ACCELERATION if i % 2 == 0 else DataType.GYROSCOPE
+    return Reading(kind, T0 + i * DT, vec=(float(i), 0.0, 0.0))
+
+
+async def test_outage_longer_than_the_cap_drops_raw_first_and_every_gap_is_accounted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the network is down the byte cap evicts; what arrives + the gaps = what was made."""
+    scalars = [numbered(i) for i in range(100)]  # ~8 kB of frames
+    raws = [raw(i) for i in range(1000, 1400)]  # ~40 kB of frames
+    cap = 20_000
+    async with inprocess_relay(tmp_path / "relay.sqlite3", HEARTBEAT_MS) as relay:
+        proxy = await FaultyProxy("127.0.0.1", relay.port).start()
+        proxy.stall()  # the outage: connections open but nothing gets through
+        box = await Outbox.open(tmp_path / "outbox.sqlite3", max_bytes=cap)
+        uplink = Uplink(
+            f"ws://127.0.0.1:{proxy.port}/connect", RelayTokens(relay), box,
+            backoff=fast_backoff(SEED + 20, BACKOFF_CAP_S), barrier_spacing_s=0.02,
+            open_timeout_s=0.3, rng=random.Random(SEED + 21).random,
+        )
+        runner = asyncio.create_task(uplink.run())
+        try:
+            # interleaved as a strap would produce them: raw blocks between derived values
+            for k in range(0, 100, 10):
+                await box.append_durable(scalars[k : k + 10] + raws[4 * k : 4 * k + 40])
+            assert uplink.acked_id == 0  # nothing went through the outage
+            gaps = await box.gaps()
+            proxy.resume()
+            await wait_until(uplink.wait_for, lambda: uplink.acked_id >= box.last_id)
+            state = await uplink.refresh_state()
+            await uplink.close(grace_s=1.0)
+            await asyncio.wait_for(runner, WAIT_S)
+        finally:
+            if not runner.done():
+                runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
+            await box.close()
+            await proxy.close()
+        rows = await asyncio.to_thread(stored_rows, tmp_path / "relay.sqlite3")
+
+    evicted = sum(g.count for g in gaps)
+    assert evicted > 0 and state.dropped == evicted and state.outbox_depth == 0
+    # the documented order: only raw types were evicted while raw rows remained
+    assert {g.type for g in gaps} <= {"ACCELERATION", "GYROSCOPE"}
+    got: dict[str, list[int]] = {}
+    for r in rows:
+        d = json.loads(r.d)
+        got.setdefault(r.t, []).append(int(d["val"] if "val" in d else d["d"][0]))
+    assert sorted(got["STEPS"] + got["HEART_RATE"]) == list(range(100))  # derived: all there
+    # every missing raw reading lies inside a recorded gap of its type, and the counts match
+    delivered_raw = set(got.get("ACCELERATION", []) + got.get("GYROSCOPE", []))
+    missing = [x for x in raws if int(x.vec[0]) not in delivered_raw]  # type: ignore[index]
+    assert len(missing) == evicted
+    for x in missing:
+        assert any(
+            g.type == x.type and g.first_t <= x.t <= g.last_t for g in gaps
+        ), f"{x.type} {x.t} missing without a gap record"
+    # oldest first: everything evicted is older than everything kept, per type
+    for kind in ("ACCELERATION", "GYROSCOPE"):
+        lost = [int(x.vec[0]) for x in missing if x.type == kind]  # type: ignore[index]
+        kept = got.get(kind, [])
+        assert not lost or not kept or max(lost) < min(kept), kind
+    # and the gap was reported in the log, once per eviction and type
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "dropped" in
+                r.getMessage() and r.name == "agent.outbox"]
+    assert len(warnings) == len(gaps)
