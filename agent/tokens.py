@@ -190,6 +190,53 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+def post_for_token(
+    url: str,
+    dev_id: str,
+    api_key: str,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    key_hint: str = "",
+) -> str:
+    """``POST url`` with ``dev-id``/``x-api-key`` and return ``{"token": ...}`` (blocking).
+
+    The one REST client of the project: producer tokens (``/auth/user?id=``, :class:`RestToken`)
+    and consumer tokens (``/auth/developer``, ``agent watch``). Raises :class:`TokenRefused` for
+    401/403 and :class:`TokenUnavailable` otherwise; neither message contains the key or a token.
+    """
+    request = urllib.request.Request(
+        url,
+        data=b"",
+        method="POST",
+        headers={"dev-id": dev_id, "x-api-key": api_key, "Content-Length": "0"},
+    )
+    try:
+        with urllib.request.urlopen(  # scheme checked by the callers
+            request, timeout=timeout_s, context=ssl_context if url.startswith("https") else None
+        ) as response:
+            body = response.read(MAX_TOKEN_BYTES * 2)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it owns the response socket
+        if exc.code in (401, 403):
+            raise TokenRefused(
+                f"token endpoint {url} refused the credentials (HTTP {exc.code}): "
+                f"check the dev-id {dev_id!r}{key_hint}"
+            ) from None
+        raise TokenUnavailable(f"token endpoint {url} answered HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        raise TokenUnavailable(f"token endpoint {url} unreachable: {exc.reason}") from None
+    except (OSError, TimeoutError) as exc:
+        raise TokenUnavailable(f"token endpoint {url} failed: {type(exc).__name__}") from None
+    try:
+        token = json.loads(body)["token"]
+    except (ValueError, KeyError, TypeError):
+        raise TokenUnavailable(f"token endpoint {url} sent no token in its reply") from None
+    if not isinstance(token, str):
+        raise TokenUnavailable(f"token endpoint {url} sent a non-string token")
+    return _clean(token, f"token endpoint {url}")
+
+
 class RestToken:
     """Mint producer tokens: ``POST <base_url>/auth/user?id=<user>`` with dev-id and x-api-key.
 
@@ -247,42 +294,10 @@ class RestToken:
             raise TokenUnavailable(f"API key file {path} cannot be read: {exc.strerror}") from None
         if not key:
             raise TokenUnavailable(f"API key file {path} is empty")
-        request = urllib.request.Request(
-            self.url,
-            data=b"",
-            method="POST",
-            headers={"dev-id": self.dev_id, "x-api-key": key, "Content-Length": "0"},
+        return post_for_token(
+            self.url, self.dev_id, key, ssl_context=self._ssl, timeout_s=self.timeout_s,
+            key_hint=f" and the API key in {path}",
         )
-        try:
-            with urllib.request.urlopen(  # scheme checked in __init__
-                request, timeout=self.timeout_s, context=self._ssl
-            ) as response:
-                body = response.read(MAX_TOKEN_BYTES * 2)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code in (401, 403):
-                raise TokenRefused(
-                    f"token endpoint {self.url} refused the credentials (HTTP {exc.code}): "
-                    f"check the dev-id {self.dev_id!r} and the API key in {path}"
-                ) from None
-            raise TokenUnavailable(f"token endpoint {self.url} answered HTTP {exc.code}") from None
-        except urllib.error.URLError as exc:
-            raise TokenUnavailable(
-                f"token endpoint {self.url} unreachable: {exc.reason}"
-            ) from None
-        except (OSError, TimeoutError) as exc:
-            raise TokenUnavailable(
-                f"token endpoint {self.url} failed: {type(exc).__name__}"
-            ) from None
-        try:
-            token = json.loads(body)["token"]
-        except (ValueError, KeyError, TypeError):
-            raise TokenUnavailable(
-                f"token endpoint {self.url} sent no token in its reply"
-            ) from None
-        if not isinstance(token, str):
-            raise TokenUnavailable(f"token endpoint {self.url} sent a non-string token")
-        return _clean(token, f"token endpoint {self.url}")
 
     async def get(self) -> str:
         return await asyncio.to_thread(self._mint)

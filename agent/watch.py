@@ -2,10 +2,14 @@
 
 Theory of operation: mint a developer token (``POST /auth/developer`` with ``dev-id`` and
 ``x-api-key``, on our relay or on Terra's host), connect, heartbeat, and print every DISPATCH.
-The highest ``seq`` seen is remembered; after a reconnect (always with a fresh token: tokens are
-single use) the gap is filled with REPLAY ``after=<last seq>``, and ``--since SEQ`` does the same
-on the first connection. The protocol has no "replay finished" marker, so frames are de-duplicated
-by ``seq`` and ``--replay-only`` ends once the stream has been idle for ``--idle-timeout`` seconds.
+A watermark ``last_seq`` (every seq up to it has been received) is kept; after a reconnect
+(always with a fresh token: tokens are single use) the gap is filled with REPLAY
+``after=<watermark>``, and ``--since SEQ`` does the same on the first connection. Replayed and live
+DISPATCHes interleave and the protocol has no "replay finished" marker, so the watermark only moves
+once a one-frame *sentinel* REPLAY sent after the gap REPLAY comes back (REPLAYs are served in
+order): a connection that dies in the middle of a REPLAY asks for the same gap again instead of
+losing its unreplayed part. Frames are de-duplicated by ``seq``; ``--replay-only`` ends once the
+stream has been idle for ``--idle-timeout`` seconds.
 All protocol rules come from :mod:`agent.protocol`; this module only pumps frames.
 """
 
@@ -26,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from agent import protocol as p
 from agent.backoff import Backoff
-from agent.rest import TokenRequestError
+from agent.tokens import TokenError, TokenRefused
 
 log = logging.getLogger("agent.watch")
 
@@ -98,20 +102,65 @@ class Watcher:
     on_dispatch: Callable[[p.Dispatch], None] | None = None
     backoff: Backoff = field(default_factory=Backoff)
     rng: Callable[[], float] = random.random
-    last_seq: int | None = None
+    last_seq: int | None = None  # watermark: every seq ≤ last_seq has been received
+    max_seq: int | None = None  # highest seq received
     received: int = 0
     _seen: set[int] = field(default_factory=set)
     _dead: bool = False
+    _sentinel: int | None = None  # the next copy of this seq ends the gap-filling REPLAY
+    _sentinel_from_first: bool = False  # pick the first frame of the connection as sentinel
 
-    def _emit(self, event: p.DispatchReceived) -> None:
-        seq = event.dispatch.seq
+    @property
+    def filling_gap(self) -> bool:
+        """A gap-filling REPLAY is in flight: the watermark must not move yet."""
+        return self._sentinel is not None or self._sentinel_from_first
+
+    def _replay_requests(self) -> list[tuple[int, int]]:
+        """(after, before) REPLAYs to send on READY: the gap, then a sentinel if one is known.
+
+        Replayed and live DISPATCHes interleave, and the protocol has no "replay finished"
+        marker. So after the gap REPLAY a second, one-frame REPLAY asks for a seq already
+        received (``last_seq``); a server serves REPLAYs in order, so that frame's second copy
+        proves the gap was delivered. Without a known seq the first frame of the connection is
+        used (the request is sent when it arrives).
+        """
+        if self.last_seq is None:
+            return []
+        upper = OPEN_UPPER_BOUND if self.options.before is None else self.options.before
+        requests = [(self.last_seq, upper)]
+        if self.last_seq in self._seen:
+            self._sentinel = self.last_seq
+            requests.append((self.last_seq - 1, self.last_seq + 1))
+        else:
+            self._sentinel_from_first = True
+        return requests
+
+    def _accept(self, seq: int) -> tuple[bool, tuple[int, int] | None]:
+        """Book-keeping for one DISPATCH: (print it?, sentinel REPLAY to send now)."""
+        request = None
+        if self._sentinel is not None and seq == self._sentinel and seq in self._seen:
+            # The gap REPLAY is complete: replayed frames cover (last_seq, frontier] in order and
+            # live frames arrived in order from before the frontier, so nothing is missing.
+            self._sentinel = None
+            self.last_seq = self.max_seq
+            return False, None
+        if self._sentinel_from_first:
+            self._sentinel_from_first = False
+            self._sentinel = seq
+            request = (seq - 1, seq + 1)
         if seq in self._seen:
-            return
+            return False, request
         self._seen.add(seq)
         if len(self._seen) > DEDUP_WINDOW:
             cutoff = sorted(self._seen)[len(self._seen) // 2]
-            self._seen = {s for s in self._seen if s >= cutoff}
-        self.last_seq = seq if self.last_seq is None else max(self.last_seq, seq)
+            self._seen = {x for x in self._seen if x >= cutoff}
+        self.max_seq = seq if self.max_seq is None else max(self.max_seq, seq)
+        if not self.filling_gap:
+            self.last_seq = self.max_seq
+        return True, request
+
+    def _emit(self, event: p.DispatchReceived) -> None:
+        seq = event.dispatch.seq
         self.received += 1
         if self.on_dispatch is not None:
             self.on_dispatch(event.dispatch)
@@ -128,16 +177,17 @@ class Watcher:
             self.out(format_dispatch(event.dispatch))
 
     async def mint_token(self) -> str:
-        """Developer token from ``POST /auth/developer``."""
-        from agent.rest import request_token
+        """Developer token from ``POST /auth/developer`` (single use: one per connection)."""
+        import ssl
+
+        from agent.tokens import post_for_token
 
         rest, _ = endpoints(self.options.server)
-        return await request_token(
-            rest,
-            "/auth/developer",
-            dev_id=self.options.dev_id,
-            api_key=self.options.api_key,
-            ca_file=self.options.ca_file,
+        context = (ssl.create_default_context(cafile=self.options.ca_file)
+                   if rest.startswith("https://") else None)
+        return await asyncio.to_thread(
+            post_for_token, rest + "/auth/developer", self.options.dev_id, self.options.api_key,
+            ssl_context=context, key_hint=" and --api-key-file",
         )
 
     async def run(self) -> int:
@@ -147,13 +197,9 @@ class Watcher:
         while True:
             try:
                 token = await self.mint_token()
-            except TokenRequestError as exc:
-                if exc.refused:
-                    raise WatchError(
-                        "the server refused the developer credentials (403): "
-                        "check --dev-id and --api-key-file",
-                        EX_CONFIG,
-                    ) from None
+            except TokenRefused as exc:
+                raise WatchError(str(exc), EX_CONFIG) from None
+            except TokenError as exc:
                 delay = self.backoff.next_delay()
                 log.warning("could not mint a token (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -214,16 +260,20 @@ class Watcher:
                             beat_task = asyncio.create_task(self._beat(ws, session))
                         elif isinstance(event, p.ReadyReceived):
                             self.backoff.session_started(time.monotonic())
-                            if self.last_seq is not None or self.options.replay_only:
-                                after = self.last_seq if self.last_seq is not None else 0
-                                before = (OPEN_UPPER_BOUND if self.options.before is None
-                                          else self.options.before)
+                            self._sentinel, self._sentinel_from_first = None, False
+                            if self.options.replay_only and self.last_seq is None:
+                                self.last_seq = 0
+                            for after, before in self._replay_requests():
                                 await ws.send(session.replay(after, before))
                         elif isinstance(event, p.DispatchReceived):
                             upper = self.options.before
                             if upper is not None and event.dispatch.seq >= upper:
                                 continue
-                            self._emit(event)
+                            show, sentinel = self._accept(event.dispatch.seq)
+                            if sentinel is not None:
+                                await ws.send(session.replay(*sentinel))
+                            if show:
+                                self._emit(event)
                             if (
                                 self.options.max_messages is not None
                                 and self.received >= self.options.max_messages

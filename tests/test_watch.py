@@ -448,7 +448,8 @@ async def test_cli_refused_credentials_exit_78(relay: Relay, tmp_path: Path) -> 
         out, err = await proc.communicate()
     assert proc.returncode == 78
     assert out == b""
-    assert b"refused the developer credentials (403)" in err and b"not-the-key" not in err
+    assert b"refused the credentials (HTTP 403)" in err and b"--api-key-file" in err
+    assert b"not-the-key" not in err
     assert b"Traceback" not in err
 
 
@@ -458,3 +459,31 @@ async def test_cli_replay_only_needs_since(tmp_path: Path) -> None:
     async with asyncio.timeout(WAIT_S):
         _, err = await proc.communicate()
     assert proc.returncode == 64 and b"--replay-only needs --since" in err
+
+
+def test_watermark_moves_only_when_the_sentinel_proves_the_gap_replayed() -> None:
+    w = watch.Watcher(watch.WatchOptions(server="http://127.0.0.1:1", dev_id="d", api_key="k"))
+    for seq in (1, 2, 3):  # first connection, no gap: live frames move the watermark
+        assert w._accept(seq) == (True, None)
+    assert w.last_seq == 3
+    # reconnect: gap REPLAY after 3, then a sentinel asking for seq 3 again
+    assert w._replay_requests() == [(3, watch.OPEN_UPPER_BOUND), (2, 4)]
+    assert w._accept(9) == (True, None)  # a live frame overtakes the replay
+    assert w._accept(4) == (True, None)  # replayed
+    assert w.last_seq == 3  # 5..8 not proven yet
+    for seq in (5, 6, 7, 8):
+        w._accept(seq)
+    assert w._accept(3) == (False, None)  # the sentinel: the gap REPLAY is complete
+    assert w.last_seq == 9 and not w.filling_gap
+
+
+def test_without_a_known_seq_the_first_frame_becomes_the_sentinel() -> None:
+    w = watch.Watcher(watch.WatchOptions(server="http://127.0.0.1:1", dev_id="d", api_key="k",
+                                         since=10))
+    w.last_seq = 10
+    assert w._replay_requests() == [(10, watch.OPEN_UPPER_BOUND)]
+    assert w._accept(11) == (True, (10, 12))
+    assert w._accept(12) == (True, None)
+    assert w.last_seq == 10
+    assert w._accept(11) == (False, None)
+    assert w.last_seq == 12

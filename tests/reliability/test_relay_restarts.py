@@ -205,12 +205,6 @@ class ReplayingBroker:
             ws.transport.abort()  # the relay is SIGKILLed here
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/watch.py: after a reconnect the consumer REPLAYs after the highest seq it saw, "
-    "but live DISPATCHes interleave with an unfinished REPLAY, so seqs the REPLAY had not yet "
-    "sent are skipped for good",
-)
 async def test_consumer_replays_the_gap_left_by_an_interrupted_replay() -> None:
     broker = ReplayingBroker()
     seen: list[int] = []
