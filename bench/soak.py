@@ -240,6 +240,7 @@ async def drain(stream: asyncio.StreamReader | None, sink: Path) -> None:
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
+    load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     key_file = tmp / "api-key"
     key = secrets.token_urlsafe(24)
@@ -417,6 +418,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_s": warm,
             "interval_s": args.interval,
             "cpu_count": os.cpu_count(),
+            # other work on the machine inflates latency tails: show how busy it was
+            "loadavg_1m_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+            "loadavg_15m_end": round(os.getloadavg()[2], 2),
         },
         "cpu": {
             "daemon_fraction_overall": round(total_cpu, 5),
@@ -453,6 +457,8 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"soak: variant {c['variant']}  ACC {c['acc_hz']} Hz  gyro {c['gyro_hz']} Hz  "
           f"speed {c['speed']}×  {c['simulated_minutes']} simulated min in {c['wall_s']} s wall "
           f"({c['cpu_count']} CPUs)")
+    print(f"machine load average (1 min) at start/end {c['loadavg_1m_start_end']}, 15 min at end "
+          f"{c['loadavg_15m_end']}: other processes inflate latency tails")
     cpu = r["cpu"]
     print("\nCPU (share of one core, daemon process)")
     print(f"  overall             {cpu['daemon_fraction_overall'] * 100:6.2f} %   "
@@ -504,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="simulate a gyro at this rate (ACC+GYRO variant); default: H10, no gyro")
     ap.add_argument("--interval", type=float, default=10.0, help="CPU/RSS sampling period (s)")
     ap.add_argument("--warmup", type=float, default=None,
-                    help="wall seconds excluded as warm-up (default min(60, 10 %% of the run))")
+                    help="wall seconds excluded as warm-up (default min(60, half the run))")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     ap.add_argument("--keep", action="store_true", help="keep the work directory and logs")
@@ -512,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="write every DISPATCH as CSV (type, receive time, ts, seq) to this file")
     args = ap.parse_args(argv)
     if args.warmup is None:
-        args.warmup = min(60.0, 0.1 * args.minutes * 60.0 / args.speed)
+        args.warmup = min(60.0, 0.5 * args.minutes * 60.0 / args.speed)
     result = asyncio.run(soak(args))
     if args.json:
         print(json.dumps(result, indent=2))

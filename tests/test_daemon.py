@@ -170,3 +170,27 @@ def test_systemd_notify_ready_watchdog_status_stopping(
         sock.close()
     assert messages.index("READY=1") < messages.index("STOPPING=1")
     assert any(m.startswith("STATUS=") for m in messages)
+
+
+def test_record_writes_a_replayable_recording(
+    tmp_path: Path, daemon: Callable[..., subprocess.Popen[str]]
+) -> None:
+    from sensors.recording import read_recording
+
+    rec_root = tmp_path / "recordings"
+    proc = daemon("--speed", "20", "--record", str(rec_root))
+    _wait_for(_ready_with_readings(tmp_path / "state", 100), 60, "readings streaming")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    (session,) = list(rec_root.iterdir())  # one directory per session
+    rec = read_recording(session)
+    assert rec.meta["format"] == "agent-recording/1"
+    assert rec.acc is not None and rec.acc.shape[1] == 3 and len(rec.acc) > 500
+    assert rec.hr and all(bpm > 20 for _t, bpm, _rr in rec.hr)
+    assert rec.pressure_hpa is not None and len(rec.pressure_hpa) > 5
+    replay = subprocess.run([sys.executable, "-m", "agent", "replay", str(session), "--jsonl"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    frames = [json.loads(line) for line in replay.stdout.splitlines()]
+    assert frames and all(f["op"] == 6 for f in frames)
+    assert {f["t"] for f in frames} >= {"HEART_RATE", "ACCELERATION"}

@@ -1,0 +1,69 @@
+"""End to end on a simulated day: the numbers users see against the simulator's ground truth.
+
+The simulated wearer (sensors/simulated.py) rests, walks, runs and takes the stairs, with weather
+drift and door slams on the barometer. Processing only ever sees the raw samples, exactly as from
+a strap, and its accumulated outputs must match what really happened.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.processing.distance import calibrate_factor
+from agent.processing.pipeline import ProcessingConfig, Processor
+from agent.protocol import DataType
+from agent.readings import Reading
+from sensors.simulated import Activity, SimulatedRecording, SimulationConfig, simulate
+
+#: The default schedule up to the long final rest (rest, walks, run, two stair climbs).
+SESSION_S = 2760.0
+
+
+def _run(rec: SimulatedRecording, config: ProcessingConfig) -> dict[DataType, Reading]:
+    processor = Processor(config)
+    last: dict[DataType, Reading] = {}
+    for sample in rec.samples(block_s=0.5):
+        for reading in processor.feed(sample):
+            last[reading.type] = reading
+    for reading in processor.flush(rec.start_t + rec.duration_s + 10.0):
+        last[reading.type] = reading
+    return last
+
+
+@pytest.fixture(scope="module", params=[(1, 1.0), (7, 1.5)], ids=["seed1-drift1", "seed7-drift1.5"])
+def session(request: pytest.FixtureRequest) -> SimulatedRecording:
+    seed, drift = request.param
+    return simulate(
+        SimulationConfig(seed=seed, acc_rate_hz=50.0, gyro_rate_hz=None,
+                         weather_drift_hpa_per_h=drift),
+        SESSION_S,
+    )
+
+
+def test_floors_exact_with_weather_drift_and_door_slams(session: SimulatedRecording) -> None:
+    last = _run(session, ProcessingConfig(totals_reset="never", acc_submit_hz=0,
+                                          gyro_submit_hz=0))
+    assert session.truth.floors_up > 0
+    assert last[DataType.FLOORS_CLIMBED].val == session.truth.floors_up
+
+
+def test_steps_within_two_percent(session: SimulatedRecording) -> None:
+    last = _run(session, ProcessingConfig(totals_reset="never", acc_submit_hz=0,
+                                          gyro_submit_hz=0))
+    steps = last[DataType.STEPS].val
+    assert steps is not None
+    assert abs(steps - session.truth.steps) <= 0.02 * session.truth.steps
+
+
+def test_distance_within_five_percent_after_calibration(session: SimulatedRecording) -> None:
+    truth = session.truth
+    walk = next(s for s in truth.segments if s.activity is Activity.WALK)
+    inside = (truth.step_times >= walk.start_t) & (truth.step_times < walk.end_t)
+    known = float(np.sum(truth.step_lengths_m[inside]))  # a measured calibration walk
+    factor = calibrate_factor(truth.step_times[inside], known, height_m=1.75)
+    last = _run(session, ProcessingConfig(totals_reset="never", acc_submit_hz=0,
+                                          gyro_submit_hz=0, step_length_factor=factor))
+    distance = last[DataType.DISTANCE].val
+    assert distance is not None
+    assert abs(distance - truth.distance_m) <= 0.05 * truth.distance_m, (distance, truth.distance_m)
