@@ -29,6 +29,9 @@ result does not depend on how the stream is cut into blocks):
    of the current step period, never below the ~3.5 steps/s a human reaches and never above
    ``max_refractory_s``) are one step: the more prominent wins. This removes the double bump of
    heel strike and push-off without letting a detector latched onto the stride rate stay there.
+   Beyond the absolute minimum, only *unequal* peaks are merged (``merge_ratio``): two alike
+   peaks are two steps, so a sudden rise in cadence (breaking into a run) is followed at once
+   instead of being halved by a refractory interval sized for the slower gait.
 5. **Walking-bout gate.** A step is only counted once ``bout_min_steps`` peaks occur with plausible
    and mutually consistent intervals (within ``rhythm_tolerance`` of their median) *and* regular
    strides: every two-step interval of the train within ``stride_tolerance`` of their median. The
@@ -42,9 +45,12 @@ result does not depend on how the stream is cut into blocks):
    can be loose enough for that left/right asymmetry. While walking, each further peak that
    keeps the rhythm counts; one that breaks it ends the walk and must start a new train.
 6. **Impact consistency.** Steps of one walk have similar impact. Peaks much weaker than the walk's
-   recent steps (``min_step_ratio``) are the weight shift before the first heel strike, the
-   closing shuffle after the last one, or handling: weak peaks leading a train are dropped, and a
-   weak peak inside a walk is held provisionally and counted only if the walk continues after it.
+   recent full steps (``min_step_ratio``) are the weight shift before the first heel strike, the
+   closing shuffle after the last one, a bag still swinging after the walker stopped, or
+   handling: weak peaks leading a train are dropped, and weak peaks inside a walk are held and
+   counted only when a full step follows them in rhythm. Every stride contains at least one full
+   step, so a third weak peak in a row ends the walk (and the held ones are dropped). Weak peaks
+   never enter the walk's impact reference, so a fading swing cannot drag it down step by step.
    For ``walk_memory_s`` after a walk ends, a new train must also be comparable to that walk
    (people stop, then take the phone out of a pocket or bag: rhythmic, but much weaker).
 
@@ -89,6 +95,12 @@ class StepDetectorConfig:
         max_refractory_s: ...but never more than this: the double bump of one step (heel strike,
             push-off) lies well within half a second, and a longer lock-out would let a detector
             that latched onto the stride rate (leg- or arm-worn device) stay there forever.
+        merge_ratio: inside the refractory interval (but beyond ``min_interval_s``) two peaks are
+            merged only if the weaker is below this fraction of the stronger: the two bumps of
+            one step (heel strike, push-off) are unequal, while two steps are alike (left/right
+            impact asymmetry stays well within 30 %). Without this a sudden cadence jump (walk to
+            run: 1.8 to 3 steps/s, i.e. intervals at the old refractory limit) merges every other
+            step and the period estimate then latches onto the stride for the whole run.
         max_interval_s: a pause longer than this ends a walking bout (0.5 steps/s).
         bout_min_steps: peaks that must form a rhythmic train before any is counted.
         rhythm_tolerance: relative deviation of a step interval from the current period that
@@ -100,9 +112,9 @@ class StepDetectorConfig:
             with a coefficient of variation of 2-3 %; peak timing on the 50 Hz grid adds a few
             hundredths of a second; 15 % leaves room for both while rejecting handling motions.
         min_step_ratio: a peak weaker than this fraction of the walk's median step prominence is
-            not a step. Steady gait repeats its impact closely; the weight shift before the first
-            heel strike, the closing shuffle after the last one and handling bumps are several
-            times weaker than real steps.
+            not a step on its own (see stage 6). Steady gait repeats its impact closely; the
+            weight shift before the first heel strike, the closing shuffle after the last one,
+            a swinging bag and handling bumps are several times weaker than real steps.
         walk_memory_s: for this long after a walk ends, a new train must also reach
             ``min_step_ratio`` of that walk's step prominence (stopping, then handling the phone).
     """
@@ -122,7 +134,8 @@ class StepDetectorConfig:
     bout_min_steps: int = 5
     rhythm_tolerance: float = 0.5
     stride_tolerance: float = 0.15
-    min_step_ratio: float = 0.3
+    merge_ratio: float = 0.7
+    min_step_ratio: float = 0.35
     walk_memory_s: float = 10.0
 
 
@@ -143,8 +156,8 @@ class StepDetector:
     """Causal, block-wise step detector; see the module docstring for the algorithm.
 
     ``feed`` returns the times (Unix s) of steps newly confirmed by that block; a step is
-    confirmed about ``settle_s`` + one step interval after it happens (a weak step one interval
-    more), or, for the first steps of a walk, when the walking-bout gate opens (up to
+    confirmed about ``settle_s`` + one step interval after it happens (a weak step when the next
+    full step is), or, for the first steps of a walk, when the walking-bout gate opens (up to
     ``bout_min_steps`` steps later). Memory is bounded (a ~2 s look-back buffer, a few deques).
     """
 
@@ -184,7 +197,7 @@ class StepDetector:
         self._walking = False
         self._bout: list[tuple[float, float]] = []  # (time, prominence) of the train
         self._proms: deque[float] = deque(maxlen=8)  # prominences of recent counted steps
-        self._provisional: tuple[float, float] | None = None  # weak in-rhythm peak
+        self._held: list[tuple[float, float]] = []  # weak in-rhythm peaks awaiting a strong one
         self._prev_walk: tuple[float, float] | None = None  # (end, median prominence)
         self._last_step: float | None = None
         self._intervals: deque[float] = deque(maxlen=8)
@@ -341,7 +354,11 @@ class StepDetector:
 
     def _refractory(self, tp: float, prom: float, out: list[float]) -> None:
         if self._pending is not None:
-            if tp - self._pending[0] < self._min_interval():
+            dt = tp - self._pending[0]
+            weaker, stronger = sorted((prom, self._pending[1]))
+            if dt < self.config.min_interval_s or (
+                dt < self._min_interval() and weaker < self.config.merge_ratio * stronger
+            ):
                 if prom > self._pending[1]:
                     self._pending = (tp, prom)
                 return
@@ -353,23 +370,26 @@ class StepDetector:
         cfg = self.config
         if self._walking and self._last_step is not None:
             iv = ts - self._last_step
-            if iv <= min(cfg.max_interval_s, (1 + cfg.rhythm_tolerance) * self._period):
-                # a weak peak in the rhythm counts only once the walk goes on after it: the
-                # closing shuffle after the last heel strike is weak and followed by nothing
-                weak = prom < cfg.min_step_ratio * float(np.median(np.asarray(self._proms)))
-                if self._provisional is not None:
-                    self._count(*self._provisional, out)
-                    self._provisional = None
+            weak = prom < cfg.min_step_ratio * float(np.median(np.asarray(self._proms)))
+            in_rhythm = iv <= min(cfg.max_interval_s, (1 + cfg.rhythm_tolerance) * self._period)
+            if in_rhythm and not (weak and len(self._held) >= 2):
+                # a weak peak in the rhythm counts only once a full step follows it: the closing
+                # shuffle after the last heel strike and a bag still swinging after the walker
+                # stopped are weak. Every stride has at least one full step, so a third weak
+                # peak in a row means the walk is over.
                 self._observe(iv)
                 self._last_step = ts
                 if weak:
-                    self._provisional = (ts, prom)
+                    self._held.append((ts, prom))
                 else:
+                    for t_h, _ in self._held:
+                        out.append(t_h)
+                    self._held = []
                     self._count(ts, prom, out)
                 return
             # the rhythm broke: this peak may start a new walk, it must earn its place again
             self._walking = False
-            self._provisional = None
+            self._held = []
             self._bout = []
             self._prev_walk = (self._last_step, float(np.median(np.asarray(self._proms))))
         if self._bout and ts - self._bout[-1][0] > cfg.max_interval_s:

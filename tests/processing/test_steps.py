@@ -194,3 +194,67 @@ def test_weak_bumps_around_a_walk_are_not_steps() -> None:
     assert abs(steps.size - truth.size) <= 1, (steps.size, truth.size)
     assert steps.min() > truth[0] - 0.3
     assert steps.max() < truth[-1] + 0.7
+
+
+def _bump_train(t: F, times: F, rng: np.random.Generator, amp: float = 3.0) -> F:
+    """Gravity plus one vertical impact bump at each of ``times``, in a random orientation."""
+    body = np.zeros((t.size, 3))
+    body[:, 2] = G
+    for c in times.tolist():
+        body[:, 2] += amp * np.exp(-0.5 * ((t - c) / 0.06) ** 2)
+    body += rng.normal(scale=0.05, size=body.shape)
+    return np.asarray(body @ _rotation(rng).T, dtype=np.float64)
+
+
+def test_lopsided_steps_count_but_irregular_strides_do_not() -> None:
+    """Walking repeats its stride even when left and right steps differ; handling does not.
+
+    Both trains have step intervals within the single-step rhythm tolerance of their median
+    (0.45/0.7 s against a 0.575 s median); only the first repeats its stride (1.15 s).
+    """
+    rng = np.random.default_rng(21)
+    t = T0 + np.arange(0, 40.0, 0.01)
+    lopsided = T0 + 2.0 + np.cumsum(np.tile([0.45, 0.7], 25))
+    got = stream(StepDetector(), t, _bump_train(t, lopsided, rng), block=100)
+    assert abs(got.size - lopsided.size) <= 1, (got.size, lopsided.size)
+    # same step intervals, shuffled so that consecutive strides differ by ~25 %
+    wandering = T0 + 2.0 + np.cumsum(np.tile([0.45, 0.45, 0.7, 0.7], 12))
+    strides = wandering[2:] - wandering[:-2]
+    assert np.ptp(strides) / np.median(strides) > 0.4
+    assert stream(StepDetector(), t, _bump_train(t, wandering, rng), block=100).size == 0
+
+
+def test_breaking_into_a_run_is_followed_at_once() -> None:
+    """Walk at 1.7 steps/s, then run at 3.0: the old refractory interval must not halve the run."""
+    rng = np.random.default_rng(23)
+    rate = 50.0
+    t = T0 + np.arange(0, 60.0, 1.0 / rate)
+    walk_x, walk_s = gait(t[: 30 * 50], 1.7, rng, t_on=2.0)
+    run_x, run_s = gait(t[30 * 50 :], 3.0, rng)  # (|a| is orientation-free: new pose is fine)
+    xyz = np.concatenate([walk_x, run_x])
+    steps = stream(StepDetector(), t, xyz, block=25)
+    n_run = int(np.sum(steps >= T0 + 31.0))
+    true_run = int(np.sum(run_s >= T0 + 31.0))
+    assert abs(n_run - true_run) <= 3, (n_run, true_run)
+    assert abs(steps.size - (walk_s.size + run_s.size)) <= 6
+
+
+def test_a_bag_swinging_on_after_the_walk_adds_no_steps() -> None:
+    """Weak peaks in the walk's rhythm after it ends (a swinging bag) are not steps.
+
+    (As in the test above, the band-pass ringing after the last step may still lift the first
+    swing peak into one extra step: hence a tolerance of one step, and of one interval.)
+    """
+    rng = np.random.default_rng(29)
+    t = T0 + np.arange(0, 40.0, 0.01)
+    walk = T0 + 2.0 + 0.55 * np.arange(30)
+    swing = walk[-1] + 0.55 * np.arange(1, 11)
+    body = np.zeros((t.size, 3))
+    body[:, 2] = G
+    amps = np.concatenate([np.full(walk.size, 3.0), np.linspace(0.9, 0.2, swing.size)])
+    for c, amp in zip(np.concatenate([walk, swing]).tolist(), amps.tolist(), strict=True):
+        body[:, 2] += amp * np.exp(-0.5 * ((t - c) / 0.06) ** 2)
+    body += rng.normal(scale=0.05, size=body.shape)
+    got = stream(StepDetector(), t, body @ _rotation(rng).T, block=100)
+    assert abs(got.size - walk.size) <= 1, (got.size, walk.size)
+    assert got.max() < walk[-1] + 0.55 + 0.3
