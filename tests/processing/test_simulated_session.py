@@ -14,7 +14,7 @@ from agent.processing.distance import calibrate_factor
 from agent.processing.pipeline import ProcessingConfig, Processor
 from agent.protocol import DataType
 from agent.readings import Reading
-from sensors.simulated import Activity, SimulatedRecording, SimulationConfig, simulate
+from sensors.simulated import Activity, Segment, SimulatedRecording, SimulationConfig, simulate
 
 #: The default schedule up to the long final rest (rest, walks, run, two stair climbs).
 SESSION_S = 2760.0
@@ -56,14 +56,28 @@ def test_steps_within_two_percent(session: SimulatedRecording) -> None:
     assert abs(steps - session.truth.steps) <= 0.02 * session.truth.steps
 
 
-def test_distance_within_five_percent_after_calibration(session: SimulatedRecording) -> None:
-    truth = session.truth
+def test_distance_within_five_percent_after_calibration() -> None:
+    """Calibrate on one measured walk, then walk at other paces and take the stairs.
+
+    Walking only: the running step length of the simulator (0.62 × height at 3 steps/s) and of
+    the model (0.665 × height) differ by 7 %, and a calibration walk cannot tell which is right
+    for a given runner; the README says so.
+    """
+    schedule = (
+        Segment(Activity.REST, 30.0), Segment(Activity.WALK, 240.0),
+        Segment(Activity.REST, 60.0), Segment(Activity.WALK, 400.0),
+        Segment(Activity.STAIRS_UP, 60.0), Segment(Activity.WALK, 300.0),
+        Segment(Activity.STAIRS_DOWN, 55.0), Segment(Activity.WALK, 200.0),
+    )
+    rec = simulate(SimulationConfig(seed=3, acc_rate_hz=50.0, gyro_rate_hz=None,
+                                    schedule=schedule), sum(s.duration_s for s in schedule))
+    truth = rec.truth
     walk = next(s for s in truth.segments if s.activity is Activity.WALK)
     inside = (truth.step_times >= walk.start_t) & (truth.step_times < walk.end_t)
-    known = float(np.sum(truth.step_lengths_m[inside]))  # a measured calibration walk
+    known = float(np.sum(truth.step_lengths_m[inside]))  # the measured calibration walk
     factor = calibrate_factor(truth.step_times[inside], known, height_m=1.75)
-    last = _run(session, ProcessingConfig(totals_reset="never", acc_submit_hz=0,
-                                          gyro_submit_hz=0, step_length_factor=factor))
+    last = _run(rec, ProcessingConfig(totals_reset="never", acc_submit_hz=0, gyro_submit_hz=0,
+                                      step_length_factor=factor))
     distance = last[DataType.DISTANCE].val
     assert distance is not None
     assert abs(distance - truth.distance_m) <= 0.05 * truth.distance_m, (distance, truth.distance_m)
