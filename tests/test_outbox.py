@@ -214,9 +214,11 @@ async def test_event_loop_not_stalled_by_big_append(tmp_path: Path) -> None:
     stop.set()
     await task
     assert (await box.stats()).depth == 60_000
-    # the commit takes far longer than any single loop stall (GIL switch interval is 5 ms)
+    # A loop that ran the commit itself would stall for about the whole append; one that only
+    # waits on the worker thread stalls for GIL hand-offs at most. Compare the two in this run
+    # (a ratio, not a wall-clock bound: the machine may be loaded).
     assert elapsed > 0.1
-    assert max(lags) < 0.1, f"max loop lag {max(lags):.3f} s during a {elapsed:.2f} s append"
+    assert max(lags) < elapsed / 3, f"max loop lag {max(lags):.3f} s during a {elapsed:.2f} s append"
     await box.close()
 
 
