@@ -218,7 +218,7 @@ async def test_event_loop_not_stalled_by_big_append(tmp_path: Path) -> None:
     # waits on the worker thread stalls for GIL hand-offs at most. Compare the two in this run
     # (a ratio, not a wall-clock bound: the machine may be loaded).
     assert elapsed > 0.1
-    assert max(lags) < elapsed / 3, f"max loop lag {max(lags):.3f} s during a {elapsed:.2f} s append"
+    assert max(lags) < elapsed / 3, f"max loop lag {max(lags):.3f} s in a {elapsed:.2f} s append"
     await box.close()
 
 
