@@ -35,6 +35,8 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from agent.config import Config
     from agent.outbox import Outbox
@@ -101,6 +103,7 @@ class Daemon:
         self._outbox_stats: dict[str, Any] = {}
         self._source_tasks: list[asyncio.Task[None]] = []
         self._embedded_key = ""
+        self._last_sample_t = 0.0
         from agent.systemd import Notifier
 
         self.notifier = Notifier.from_env()
@@ -175,6 +178,10 @@ class Daemon:
         assert self.processor is not None
         readings: list[Any] = []
         for sample in samples:
+            t = sample.t
+            end = float(t[-1]) if isinstance(t, np.ndarray) and t.size else t
+            if isinstance(end, float) and end > self._last_sample_t:
+                self._last_sample_t = end
             if self.recorder is not None:
                 try:
                     self.recorder.write(sample)
@@ -204,7 +211,9 @@ class Daemon:
         assert self.processor is not None
         while True:
             await asyncio.sleep(TICK_S)
-            now = self.clock()
+            # Processing runs on sample time: a simulation faster than real time (--speed)
+            # is ahead of the wall clock, and a tick must never stamp readings in its past.
+            now = max(self.clock(), self._last_sample_t)
             await self._store(self.processor.tick(now))
 
     def state(self) -> dict[str, Any]:
@@ -417,7 +426,7 @@ class Daemon:
         while not self.queue.empty():
             pending.append(self.queue.get_nowait())
         readings = self._process(pending)
-        readings.extend(self.processor.flush(self.clock()))
+        readings.extend(self.processor.flush(max(self.clock(), self._last_sample_t)))
         await self._store(readings)
 
     async def _deliver_and_close(self, uplink_task: asyncio.Task[Any]) -> None:

@@ -93,15 +93,16 @@ def test_sigterm_delivers_everything_and_exits_zero(
     tmp_path: Path, daemon: Callable[..., subprocess.Popen[str]]
 ) -> None:
     state = tmp_path / "state"
-    proc = daemon("--speed", "20")
-    _wait_for(_ready_with_readings(state, 200), 60, "readings streaming")
+    proc = daemon("--speed", "50")
+    # ~3000 readings: the simulated wearer has started walking (after 120 s of sample time)
+    _wait_for(_ready_with_readings(state, 3000), 90, "readings streaming")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     final = _status(state)
     assert final.get("stopped") is True
     total = final["readings_total"]
-    assert isinstance(total, int) and total >= 200
+    assert isinstance(total, int) and total >= 3000
     with sqlite3.connect(state / "outbox.sqlite") as db:
         (left,) = db.execute("SELECT COUNT(*) FROM readings").fetchone()
     assert left == 0, f"{left} readings left undelivered after a clean shutdown\n{out}"
@@ -111,8 +112,18 @@ def test_sigterm_delivers_everything_and_exits_zero(
     store = DispatchStore(state / "relay.sqlite", readonly=True)
     try:
         assert store.count() >= total
+        rows = store.page("local", 0, None, 1_000_000)
     finally:
         store.close()
+    # Sample time, not the wall clock, drives every reading: at --speed 50 a reading stamped
+    # by the 1 s tick or the final flush must not go back in time (per type, in send order).
+    from agent.protocol import ts_to_unix
+
+    last: dict[str, float] = {}
+    for row in rows:
+        ts = ts_to_unix(json.loads(row.d)["ts"])
+        assert ts >= last.get(row.t, 0.0) - 1e-6, (row.t, ts, last.get(row.t))
+        last[row.t] = ts
 
 
 def test_sigint_also_stops_cleanly(
