@@ -55,7 +55,9 @@ class EmissionPolicy:
 #: 2 s, only on a visible change (0.05 steps/s ≈ 3 steps/min; 0.05 m/s), re-sent every 30 s.
 DEFAULT_POLICIES: Final[Mapping[DataType, EmissionPolicy]] = MappingProxyType(
     {
-        DataType.HEART_RATE: EmissionPolicy(1.0, 5.0, 0.0, stale_after_s=5.0),
+        # 0.5 s: a strap notifies about once a second with jitter; a 1 s limit would hold every
+        # early notification for up to a second (latency), while 0.5 s still stops floods.
+        DataType.HEART_RATE: EmissionPolicy(0.5, 5.0, 0.0, stale_after_s=5.0),
         DataType.STEPS: EmissionPolicy(2.0, 60.0, 0.0),
         DataType.DISTANCE: EmissionPolicy(5.0, 60.0, 0.05),
         DataType.FLOORS_CLIMBED: EmissionPolicy(1.0, 60.0, 0.0),
