@@ -83,6 +83,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--realtime", action="store_true", help="pace the replay at the recording's own speed"
     )
     parser.add_argument(
+        "--calibrate", type=float, metavar="METRES",
+        help="the recording is a walk of this known distance: print the step_length_factor "
+        "to put in [processing] and exit",
+    )
+    parser.add_argument(
         "--server",
         metavar="URL",
         help="stream the readings to this broker through the outbox (wss://…/connect)",
@@ -109,6 +114,16 @@ def run(args: argparse.Namespace) -> int:
     except ReplayError as exc:
         print(f"agent replay: error: {exc}", file=sys.stderr)
         return EX_BAD_INPUT
+    if args.calibrate is not None:
+        from agent.processing.distance import calibrate_from_recording
+
+        try:
+            factor = calibrate_from_recording(args.dir, args.calibrate, height_m=height)
+        except ValueError as exc:
+            print(f"agent replay: error: {exc}", file=sys.stderr)
+            return EX_BAD_INPUT
+        print(f"step_length_factor = {factor:.4f}   # [processing], height_m = {height:g}")
+        return 0
     from agent.processing.pipeline import ProcessingConfig
 
     config = ProcessingConfig(height_m=height, totals_reset="never")

@@ -196,3 +196,14 @@ def test_token_url_without_its_companions_is_a_usage_error(
             "--token-url", "http://127.0.0.1:9", "--dev-id", "d"]
     assert main(args) == 2
     assert "--api-key-file, --user-id" in capsys.readouterr().err
+
+
+def test_calibrate_prints_the_step_length_factor(
+    recording: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.processing.distance import calibrate_from_recording
+
+    assert main(["replay", str(recording), "--calibrate", "30", "--height", "1.8"]) == 0
+    out = capsys.readouterr().out
+    expected = calibrate_from_recording(recording, 30.0, height_m=1.8)
+    assert out.startswith(f"step_length_factor = {expected:.4f}")
