@@ -45,6 +45,7 @@ from typing import Final, TypeAlias
 import numpy as np
 from numpy.typing import NDArray
 
+from sensors.gatt.enums import OpenIntEnum
 from sensors.gatt.errors import BytesLike, ParseError, UnsupportedFrameError
 
 __all__ = [
@@ -182,7 +183,7 @@ _STATUS_MESSAGES: Final[Mapping[int, str]] = {
 }
 
 
-class ResponseStatus(enum.IntEnum):
+class ResponseStatus(OpenIntEnum):
     """CP response status (SDK ``PmdControlPointResponseCode``). Unknown codes become
     ``UNKNOWN_<n>`` members instead of crashing, so the caller still sees the number."""
 
@@ -202,14 +203,6 @@ class ResponseStatus(enum.IntEnum):
     ERROR_DEVICE_IN_CHARGER = 13
     ERROR_DISK_FULL = 14
 
-    @classmethod
-    def _missing_(cls, value: object) -> ResponseStatus | None:
-        if isinstance(value, int) and 0 <= value <= 0xFF:
-            member = int.__new__(cls, value)
-            member._name_ = f"UNKNOWN_{value}"
-            member._value_ = value
-            return member
-        return None
 
     @property
     def message(self) -> str:

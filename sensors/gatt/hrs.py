@@ -11,9 +11,9 @@ Polar straps send flags ``0x10`` (no contact feature, RR present): ``sensor_cont
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
+from sensors.gatt.enums import OpenIntEnum
 from sensors.gatt.errors import BytesLike, ParseError
 
 HEART_RATE_SERVICE_UUID = "0000180d-0000-1000-8000-00805f9b34fb"
@@ -124,7 +124,7 @@ def encode_heart_rate_measurement(
     return bytes(out)
 
 
-class BodySensorLocation(enum.IntEnum):
+class BodySensorLocation(OpenIntEnum):
     """Body Sensor Location 0x2A38. Reserved values (7..255) are kept as ``UNKNOWN_<n>`` members."""
 
     OTHER = 0
@@ -135,14 +135,6 @@ class BodySensorLocation(enum.IntEnum):
     EAR_LOBE = 5
     FOOT = 6
 
-    @classmethod
-    def _missing_(cls, value: object) -> BodySensorLocation | None:
-        if isinstance(value, int) and 0 <= value <= 0xFF:
-            member = int.__new__(cls, value)
-            member._name_ = f"UNKNOWN_{value}"
-            member._value_ = value
-            return member
-        return None
 
 
 def parse_body_sensor_location(data: BytesLike) -> BodySensorLocation:

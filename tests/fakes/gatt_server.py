@@ -238,20 +238,7 @@ class GattApplication:
     ) -> list[Any]:
         """Call a method on ``org.bluez`` and raise on a D-Bus error reply."""
         assert self._bus is not None
-        reply = await self._bus.call(
-            Message(
-                destination="org.bluez",
-                path=path,
-                interface=interface,
-                member=member,
-                signature=signature,
-                body=body or [],
-            )
-        )
-        assert reply is not None
-        if reply.message_type == MessageType.ERROR:
-            raise RuntimeError(f"{member} failed: {reply.error_name} {reply.body}")
-        return list(reply.body)
+        return await bluez_call(self._bus, path, interface, member, signature, body)
 
     async def stop(self) -> None:
         """Vanish from the bus (BlueZoo drops the application and advertisement)."""
@@ -259,3 +246,28 @@ class GattApplication:
             self._bus.disconnect()
             await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
             self._bus = None
+
+
+async def bluez_call(
+    bus: MessageBus,
+    path: str,
+    interface: str,
+    member: str,
+    signature: str = "",
+    body: list[Any] | None = None,
+) -> list[Any]:
+    """Call a method on ``org.bluez`` over ``bus``; raise on a D-Bus error reply."""
+    reply = await bus.call(
+        Message(
+            destination="org.bluez",
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+    )
+    assert reply is not None
+    if reply.message_type == MessageType.ERROR:
+        raise RuntimeError(f"{member} failed: {reply.error_name} {reply.body}")
+    return list(reply.body)

@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
+
+from tests.fakes.gatt_server import bluez_call
 
 DBUS_DAEMON = shutil.which("dbus-daemon") or "/usr/bin/dbus-daemon"
 CENTRAL_ADDRESS = "00:00:00:11:11:11"
@@ -93,20 +95,7 @@ class BluezooHarness:
         body: list[Any] | None = None,
     ) -> list[Any]:
         assert self._bus is not None
-        reply = await self._bus.call(
-            Message(
-                destination="org.bluez",
-                path=path,
-                interface=interface,
-                member=member,
-                signature=signature,
-                body=body or [],
-            )
-        )
-        assert reply is not None
-        if reply.message_type == MessageType.ERROR:
-            raise RuntimeError(f"{member} failed: {reply.error_name} {reply.body}")
-        return list(reply.body)
+        return await bluez_call(self._bus, path, interface, member, signature, body)
 
     async def disconnect_central(self, address: str, adapter: str = "hci0") -> None:
         """Simulate a link drop: ``Device1.Disconnect`` on the central's device object."""
