@@ -10,12 +10,12 @@ so the stream is filtered first, in two stages that are both block-wise numpy:
 1. **Bin averaging onto a uniform grid** at ``OVERSAMPLE × rate_hz`` (64 Hz for 4 Hz output),
    aligned to absolute Unix time. Averaging makes irregular input uniform and is itself a first
    low-pass (sinc); bins without samples hold the previous value (slower inputs).
-2. **Butterworth low-pass** (order 4, cut-off ``CUTOFF_RATIO × rate_hz``) run with
-   :func:`scipy.signal.lfilter` on the uniform grid with persistent state, then every
+2. **Butterworth low-pass** (order 4, cut-off ``CUTOFF_RATIO × rate_hz``) run on the uniform
+   grid with persistent state by :class:`agent.processing.iir.BlockFilter` (an exact numpy
+   ``lfilter``; scipy is kept out of the daemon for its ~60 MB of memory), then every
    ``OVERSAMPLE``-th value is output, at grid times that are multiples of ``1 / rate_hz``.
    The cut-off is always 1/40 of the grid rate, where the order-4 transfer function is
-   numerically safe (it matches the second-order-sections form to 1e-11) and ``lfilter`` costs
-   a fifth of ``sosfilt``'s per-call overhead, which dominates at one call per block.
+   numerically safe (it matches the second-order-sections form to 1e-11).
 
 Output time stamps are the grid times; the Butterworth group delay (~0.2 s at 4 Hz) is not
 compensated, which is harmless for display and small against the output period. A gap longer
@@ -26,11 +26,12 @@ does not ring). ``rate_hz = 0`` disables the stream. Samples not after the last 
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import signal
+
+from agent.processing.iir import BlockFilter, butter
 
 #: Intermediate grid rate / output rate: leaves room for the Butterworth transition band.
 OVERSAMPLE: Final = 16
@@ -50,10 +51,10 @@ class Decimator:
             raise ValueError(f"submit rate must be >= 0 Hz, got {rate_hz}")
         self.rate_hz = rate_hz
         self._grid_hz = rate_hz * OVERSAMPLE
-        self._ba: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
+        self._filter: BlockFilter | None = None
         if rate_hz > 0:
-            b, a = signal.butter(ORDER, cutoff_ratio * rate_hz, btype="low", fs=self._grid_hz)
-            self._ba = (np.asarray(b, dtype=np.float64), np.asarray(a, dtype=np.float64))
+            b, a = butter(ORDER, cutoff_ratio * rate_hz, "lowpass", fs=self._grid_hz)
+            self._filter = BlockFilter(b, a)
         self._zi: NDArray[np.float64] | None = None
         self._bin: int | None = None  # index of the grid bin being accumulated
         self._acc_sum = np.zeros(3)
@@ -64,7 +65,7 @@ class Decimator:
     @property
     def enabled(self) -> bool:
         """False when the submit rate is 0."""
-        return self._ba is not None
+        return self._filter is not None
 
     def reset(self) -> None:
         """Drop filter state (next sample starts a new filter run)."""
@@ -78,7 +79,7 @@ class Decimator:
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Add a block; returns ``(times (m,), values (m, 3))`` of new output samples."""
         empty = (np.empty(0), np.empty((0, 3)))
-        if self._ba is None:
+        if self._filter is None:
             return empty
         t = np.asarray(t, dtype=np.float64).reshape(-1)
         xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
@@ -112,15 +113,14 @@ class Decimator:
     def _run(
         self, bins: NDArray[np.int64], xyz: NDArray[np.float64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        assert self._ba is not None
-        b, a = self._ba
+        filt = self._filter
+        assert filt is not None
         if self._bin is None:
             self._bin = int(bins[0])
             self._acc_sum = np.zeros(3)
             self._acc_n = 0
             self._hold = xyz[0].copy()
-            zi0: Any = signal.lfilter_zi(b, a)
-            self._zi = xyz[0][:, None] * np.asarray(zi0)[None, :]  # (3, order) steady state
+            self._zi = filt.zi(xyz[0])  # (order, 3) steady state
         first = self._bin
         rel = bins - first
         nbins = int(rel[-1]) + 1  # the last bin stays open (more samples may follow)
@@ -145,9 +145,10 @@ class Decimator:
         idx = np.maximum.accumulate(idx)
         filled = np.where((idx >= 0)[:, None], means[np.maximum(idx, 0)], self._hold[None, :])
         self._hold = filled[-1].copy()
-        y, self._zi = signal.lfilter(b, a, filled.T, axis=-1, zi=self._zi)
+        assert self._zi is not None
+        y, self._zi = filt.filter(filled, self._zi)
         # Grid value of bin b stands for the end of the bin, time (b + 1) / grid_hz.
         ends = np.arange(first + 1, first + done + 1, dtype=np.int64)
         pick = ends % OVERSAMPLE == 0
         out_t = ends[pick].astype(np.float64) / self._grid_hz
-        return out_t, np.asarray(y, dtype=np.float64).T[pick]
+        return out_t, y[pick]

@@ -116,7 +116,7 @@ def lfilter_zi(b: FloatArray, a: FloatArray) -> FloatArray:
     """
     b, a = _normalise(b, a)
     big_a, big_b = _state_space(b, a)
-    return np.linalg.solve(np.eye(a.size - 1) - big_a, big_b)
+    return np.asarray(np.linalg.solve(np.eye(a.size - 1) - big_a, big_b), dtype=np.float64)
 
 
 def frequency_response(b: FloatArray, a: FloatArray, f_hz: float, fs: float) -> complex:

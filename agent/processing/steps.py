@@ -14,17 +14,19 @@ result does not depend on how the stream is cut into blocks):
    steps/min) removes gravity and the impact ringing. The low edge at 1 Hz matters: a device on
    one leg (trouser pocket) or arm sees a strong *stride*-rate component (half the step rate,
    0.7–1.1 Hz) that would otherwise swamp the other leg's step; attenuating it makes both steps
-   of a stride similar peaks. Run with ``scipy.signal.lfilter`` on the (b, a) coefficients and
-   carried ``zi`` state, initialised at the steady state of the first sample so gravity does not
+   of a stride similar peaks. Designed and run with :mod:`agent.processing.iir` (numpy; scipy
+   costs the daemon ~60 MB of memory) as an exact block ``lfilter`` on the (b, a) coefficients
+   with carried state, initialised at the steady state of the first sample so gravity does not
    ring into fake steps. (For this 4th-order filter at 50 Hz the transfer-function form agrees
-   with second-order sections to ~1e-12 and costs about a fifth per call, which matters for
-   replay throughput with small live blocks.)
+   with second-order sections to ~1e-12.)
 3. **Peak candidates.** Each heel strike produces one dominant peak of the filtered magnitude.
-   Peaks are found with ``scipy.signal.find_peaks`` on a short look-back buffer and accepted once
-   the stream has moved ``settle_s`` past them (their prominence is then fully known); that is the
-   detector's bounded confirmation delay. A peak must rise above a fraction of the *running*
-   amplitude of the signal (an exponential RMS), so the threshold follows a stroll and a sprint
-   alike, plus a small absolute floor that rest noise never reaches.
+   Peaks are found by :func:`local_maxima` and :func:`peak_prominences` (within a window of
+   ``2 * settle_s``, as ``scipy.signal.find_peaks`` defines them) on a short look-back buffer,
+   and accepted once the stream has moved ``settle_s`` past them (their prominence is then
+   fully known); that is the detector's bounded confirmation delay. A peak must rise above a
+   fraction of the *running* amplitude of the signal (an exponential RMS), so the threshold
+   follows a stroll and a sprint alike, plus a small absolute floor that rest noise never
+   reaches.
 4. **Refractory interval.** Two peaks closer than the current minimum interval (a fixed fraction
    of the current step period, never below the ~3.5 steps/s a human reaches and never above
    ``max_refractory_s``) are one step: the more prominent wins. This removes the double bump of
@@ -60,6 +62,7 @@ at a typical cadence (2 steps/s), which puts them close to the heel strike.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections import deque
@@ -68,7 +71,8 @@ from typing import TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import signal
+
+from agent.processing.iir import BlockFilter, butter, frequency_response
 
 FloatArray: TypeAlias = NDArray[np.float64]
 
@@ -152,6 +156,55 @@ def _strides_regular(times: FloatArray, tolerance: float) -> bool:
     return med > 0 and float(np.max(np.abs(strides / med - 1.0))) <= tolerance
 
 
+def local_maxima(y: FloatArray) -> NDArray[np.intp]:
+    """Indices of the local maxima of ``y``, as ``scipy.signal.find_peaks(y)`` finds them.
+
+    A peak is higher than both neighbours; a flat top (plateau) counts once, at its middle
+    (rounded down), and only if it falls off on both sides. The first and last samples are never
+    peaks. Vectorised over runs of equal values, so plateaus cost nothing extra.
+    """
+    n = y.size
+    if n < 3:
+        return np.zeros(0, dtype=np.intp)
+    change = np.flatnonzero(y[1:] != y[:-1]) + 1
+    if change.size == n - 1:  # no plateaus (the usual case for a filtered signal)
+        mid = y[1:-1]
+        return np.flatnonzero((mid > y[:-2]) & (mid > y[2:])) + 1
+    starts = np.concatenate(([0], change))
+    ends = np.concatenate((change - 1, [n - 1]))
+    vals = y[starts]
+    r = np.flatnonzero((vals[1:-1] > vals[:-2]) & (vals[1:-1] > vals[2:])) + 1
+    return ((starts[r] + ends[r]) // 2).astype(np.intp)
+
+
+@functools.cache
+def _walk_offsets(half: int) -> NDArray[np.intp]:
+    offs = np.arange(half + 1)
+    return np.stack((-offs, offs))[None]
+
+
+def peak_prominences(y: FloatArray, peaks: NDArray[np.intp], wlen: int) -> FloatArray:
+    """Prominence of each peak within a window of ``wlen`` samples centred on it.
+
+    Same definition as ``scipy.signal.peak_prominences(y, peaks, wlen)``: on each side, the
+    lowest point between the peak and the nearest higher sample (or the window edge, or the
+    signal end); the prominence is the peak height above the higher of those two bases.
+    Vectorised over peaks: one ``(peaks, 2, wlen // 2 + 1)`` array holds both walks.
+    """
+    if peaks.size == 0:
+        return np.zeros(0, dtype=np.float64)
+    half = wlen // 2
+    # (peaks, 2, half + 1): walking left and walking right from each peak. The +inf padding
+    # stops a walk at the signal ends exactly like a higher sample would.
+    pad = np.full(half, np.inf)
+    ypad = np.concatenate((pad, y, pad))
+    seg = ypad[(peaks + half)[:, None, None] + _walk_offsets(half)]
+    v = y[peaks]
+    blocked = np.logical_or.accumulate(seg > v[:, None, None], axis=2)
+    bases = np.min(np.where(blocked, np.inf, seg), axis=2)
+    return np.asarray(v - np.max(bases, axis=1), dtype=np.float64)
+
+
 class StepDetector:
     """Causal, block-wise step detector; see the module docstring for the algorithm.
 
@@ -166,20 +219,24 @@ class StepDetector:
         if cfg.fs_hz < 10 or cfg.band_hz[1] >= cfg.fs_hz / 2 or cfg.band_hz[0] <= 0:
             raise ValueError(f"inconsistent rates: fs_hz={cfg.fs_hz}, band_hz={cfg.band_hz}")
         self._dt = 1.0 / cfg.fs_hz
-        b, a = signal.butter(cfg.filter_order, cfg.band_hz, btype="bandpass", fs=cfg.fs_hz)
-        self._b: FloatArray = np.asarray(b, dtype=np.float64)
-        self._a: FloatArray = np.asarray(a, dtype=np.float64)
-        self._zi0: FloatArray = signal.lfilter_zi(self._b, self._a)
+        b, a = butter(cfg.filter_order, cfg.band_hz, "bandpass", fs=cfg.fs_hz)
+        self._b: FloatArray = b
+        self._a: FloatArray = a
+        self._band = BlockFilter(b, a)
+        self._zi0: FloatArray = self._band.zi(1.0)
         self._amp_a = math.exp(-self._dt / cfg.amp_tau_s)
+        # running mean square: y2[n] = a y2[n-1] + (1 - a) y[n]^2, state = a * previous value
+        self._ema = BlockFilter(np.array([1 - self._amp_a]), np.array([1.0, -self._amp_a]))
         self._settle_n = max(2, round(cfg.settle_s * cfg.fs_hz))
         self._wlen = 2 * self._settle_n + 1
         # phase delay of the band-pass at a typical step frequency (2 steps/s): subtracting it
         # puts reported times near the heel strike. Constant on purpose: a cadence-dependent
         # correction would make results depend on where the stream was cut into blocks.
         f0 = 2.0
-        _, h = signal.freqz(self._b, self._a, worN=[f0], fs=cfg.fs_hz)
+        h = frequency_response(self._b, self._a, f0, cfg.fs_hz)
         # (+ half a grid interval for the box average of the resampler)
-        self._delay_s = max(0.0, -float(np.angle(h[0])) / (2 * math.pi * f0)) + self._dt / 2
+        phase = math.atan2(h.imag, h.real)
+        self._delay_s = max(0.0, -phase / (2 * math.pi * f0)) + self._dt / 2
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -302,10 +359,10 @@ class StepDetector:
         self._cum_grid = 0.0
         self._cum_last -= ref
         self._k_next = k_end + 1
-        y, self._zi = signal.lfilter(self._b, self._a, x, zi=self._zi)
+        assert self._zi is not None
+        y, self._zi = self._band.filter(x, self._zi)
         # running mean square (EMA of y^2), carried across blocks
-        a = self._amp_a
-        p2, _ = signal.lfilter([1 - a], [1, -a], y * y, zi=[a * self._amp2])
+        p2, _ = self._ema.filter(y * y, np.array([self._amp_a * self._amp2]))
         self._amp2 = float(p2[-1])
         thr = np.maximum(self.config.min_prominence, self.config.rel_prominence * np.sqrt(p2))
         self._buf_y = np.concatenate((self._buf_y, y))
@@ -317,11 +374,11 @@ class StepDetector:
         y = self._buf_y
         if y.size < 3 or self._anchor is None:
             return
-        peaks, props = signal.find_peaks(y, prominence=0.0, wlen=self._wlen)
+        peaks = local_maxima(y)
         kk = peaks + self._buf_k0
         sel = (kk > self._k_done) & (kk <= k_horizon)
-        prom = props["prominences"][sel]
         pk = peaks[sel]
+        prom = peak_prominences(y, pk, self._wlen)
         good = prom >= self._buf_thr[pk]
         delay = self._delay_s
         for p, pr in zip(pk[good].tolist(), prom[good].tolist(), strict=True):
