@@ -457,6 +457,30 @@ class Daemon:
             _write_json_atomic(path, state)
 
 
+def check_secrets(config: Config) -> str | None:
+    """Refuse to start with an uplink secret readable by others (exit 78), before any work.
+
+    A token file that does not exist yet is allowed: something else may fill it later (it is
+    re-read, and checked again, for every connection).
+    """
+    from agent.config import secret_paths
+    from agent.secrets import SecretError, read_secret
+
+    if config.uplink.server is None:
+        return None
+    for key, path in secret_paths(config).items():
+        if not key.startswith("uplink."):
+            continue
+        if key == "uplink.token_file" and not path.exists():
+            log.warning("token file %s does not exist yet", path)
+            continue
+        try:
+            read_secret(path, what=key)
+        except SecretError as exc:
+            return str(exc)
+    return None
+
+
 def _status_line(state: dict[str, Any]) -> str:
     up = state.get("uplink", {})
     ob = state.get("outbox", {})
@@ -513,6 +537,10 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:
         print(f"agent run: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    problem = check_secrets(config)
+    if problem is not None:
+        print(f"agent run: {problem}", file=sys.stderr)
         return EX_CONFIG
     setup_logging(config.logging.level)
     if config.logging.level != "debug":

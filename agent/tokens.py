@@ -115,14 +115,13 @@ class TokenFile:
         return f"TokenFile({str(self.path)!r})"
 
     async def get(self) -> str:
+        from agent.secrets import SecretError, read_secret
+
         try:
-            raw = await asyncio.to_thread(self.path.read_bytes)
-        except FileNotFoundError:
-            raise TokenUnavailable(f"token file {self.path} does not exist") from None
-        except OSError as exc:
-            raise TokenUnavailable(
-                f"token file {self.path} cannot be read: {exc.strerror}"
-            ) from None
+            # refuses a file readable by group/others and registers the token for redaction
+            raw = await asyncio.to_thread(read_secret, self.path, what="token file")
+        except SecretError as exc:
+            raise TokenUnavailable(exc.problem) from None
         return _clean(raw, f"token file {self.path}")
 
 
@@ -287,13 +286,14 @@ class RestToken:
         return credential_path(self._key_credential)
 
     def _mint(self) -> str:
+        from agent.secrets import SecretError, read_secret
+
         path = self._key_path()
         try:
-            key = path.read_text("utf-8").strip()
-        except OSError as exc:
-            raise TokenUnavailable(f"API key file {path} cannot be read: {exc.strerror}") from None
-        if not key:
-            raise TokenUnavailable(f"API key file {path} is empty")
+            # refuses a key readable by group/others; registers it for log redaction
+            key = read_secret(path, what="API key file")
+        except SecretError as exc:
+            raise TokenUnavailable(exc.problem) from None
         return post_for_token(
             self.url, self.dev_id, key, ssl_context=self._ssl, timeout_s=self.timeout_s,
             key_hint=f" and the API key in {path}",

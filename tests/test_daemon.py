@@ -205,3 +205,18 @@ def test_record_writes_a_replayable_recording(
     frames = [json.loads(line) for line in replay.stdout.splitlines()]
     assert frames and all(f["op"] == 6 for f in frames)
     assert {f["t"] for f in frames} >= {"HEART_RATE", "ACCELERATION"}
+
+
+def test_secret_readable_by_others_is_refused_with_78(tmp_path: Path) -> None:
+    key = tmp_path / "api-key"
+    key.write_text("do-not-print-me-123\n")
+    key.chmod(0o644)
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--server", "ws://127.0.0.1:9/connect",
+         "--token-url", "http://127.0.0.1:9", "--dev-id", "d", "--api-key-file", str(key),
+         "--user-id", "u", "--state-dir", str(tmp_path / "state")],
+        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 78
+    assert "chmod 600" in result.stderr and "uplink.api_key_file" in result.stderr
+    assert "do-not-print-me" not in result.stderr + result.stdout

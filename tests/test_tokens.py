@@ -45,6 +45,10 @@ async def test_token_file_is_reread_every_time(tmp_path: Path) -> None:
     with pytest.raises(TokenUnavailable, match="does not exist"):
         await provider.get()
     path.write_text("first\n")
+    path.chmod(0o644)
+    with pytest.raises(TokenUnavailable, match="chmod 600"):
+        await provider.get()  # a token readable by others is refused, with the fix
+    path.chmod(0o600)
     assert await provider.get() == "first"
     path.write_text("second")
     assert await provider.get() == "second"
@@ -84,6 +88,7 @@ async def test_command_timeout_and_missing_binary(tmp_path: Path) -> None:
 async def test_rest_provider_against_relay(tmp_path: Path) -> None:
     key_file = tmp_path / "api-key"
     key_file.write_text("the-api-key\n")
+    key_file.chmod(0o600)
     cfg = RelayConfig(port=0, developers={"dev1": "the-api-key"})
     async with Relay(cfg) as relay:
         provider = RestToken(relay.url, "user-7", "dev1", api_key_file=key_file)
