@@ -139,6 +139,7 @@ async def test_server_streams_every_frame_through_outbox_and_uplink(
     async with Relay(RelayConfig(port=0, db=tmp_path / "relay.sqlite")) as relay:
         token_file = tmp_path / "token"
         token_file.write_text(await relay.mint_token(user_id="walker"))
+        token_file.chmod(0o600)  # secrets readable by others are refused
         args = argparse.Namespace(
             server=relay.ws_url, token_file=str(token_file), token_command=None,
             allow_insecure_ws=False,

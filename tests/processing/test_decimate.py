@@ -85,3 +85,24 @@ def test_rate_zero_disables() -> None:
     assert d.feed(t, v)[0].size == 0
     with pytest.raises(ValueError):
         Decimator(-1.0)
+
+
+def test_matches_scipy_lfilter_reference_on_a_grid_aligned_stream() -> None:
+    """One sample per grid bin: the output is exactly scipy's Butterworth + lfilter, subsampled.
+
+    scipy is only the reference here; the daemon filters with numpy (agent.processing.iir).
+    """
+    from scipy import signal
+
+    rate, grid = 4.0, 64.0
+    rng = np.random.default_rng(5)
+    k = np.arange(int(T0 * grid), int(T0 * grid) + 64 * 60)
+    t = (k + 0.5) / grid  # mid-bin: bin index = k
+    v = np.array([0.3, -9.81, 1.0]) + rng.normal(size=(k.size, 3))
+    ot, ov = feed_blocks(Decimator(rate), t, v, 37)
+    b, a = signal.butter(4, 0.4 * rate, btype="low", fs=grid)
+    zi = signal.lfilter_zi(b, a)[None, :] * v[0][:, None]
+    ref, _ = signal.lfilter(b, a, v.T, axis=-1, zi=zi)
+    pick = ((k + 1) % 16 == 0) & (k < k[-1])  # the last bin is still open
+    assert np.allclose(ot, (k[pick] + 1) / grid, rtol=0, atol=1e-6)
+    assert np.max(np.abs(ov - ref.T[pick])) < 1e-9

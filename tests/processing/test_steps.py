@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from agent.processing.steps import StepDetector, StepDetectorConfig
+from agent.processing.steps import (
+    StepDetector,
+    StepDetectorConfig,
+    local_maxima,
+    peak_prominences,
+)
 from sensors.recording import read_recording
 
 F = NDArray[np.float64]
@@ -258,3 +264,50 @@ def test_a_bag_swinging_on_after_the_walk_adds_no_steps() -> None:
     got = stream(StepDetector(), t, body @ _rotation(rng).T, block=100)
     assert abs(got.size - walk.size) <= 1, (got.size, walk.size)
     assert got.max() < walk[-1] + 0.55 + 0.3
+
+
+def _peak_test_signals() -> list[F]:
+    rng = np.random.default_rng(11)
+    sigs: list[F] = [
+        np.zeros(0),
+        np.array([1.0]),
+        np.array([0.0, 1.0]),
+        np.array([0.0, 1.0, 0.0]),
+        np.array([0.0, 1.0, 1.0, 1.0, 0.0, 2.0, 2.0]),  # plateau peak; rising plateau at the end
+        np.array([3.0, 3.0, 1.0, 2.0, 2.0, 1.0, 1.0, 4.0, 0.0]),  # plateau at the start is no peak
+        np.zeros(50),  # flat: no peaks at all
+    ]
+    for n in (5, 40, 150, 400):
+        sigs.append(rng.normal(size=n).cumsum())  # random walk: peaks of every prominence
+        sigs.append(np.round(rng.normal(size=n) * 2) / 2)  # coarse levels: many plateaus
+    t = np.arange(300) / 50.0
+    sigs.append(np.sin(2 * np.pi * 1.8 * t) * (1 + 0.3 * np.sin(t)) + 0.2 * rng.normal(size=300))
+    return sigs
+
+
+@pytest.mark.parametrize("wlen", [3, 9, 81, 1000])
+def test_peaks_and_prominences_match_scipy_find_peaks(wlen: int) -> None:
+    """The numpy peak finder reproduces scipy.signal.find_peaks(prominence=0, wlen) exactly."""
+    from scipy import signal
+
+    for y in _peak_test_signals():
+        peaks = local_maxima(y)
+        if y.size == 0:
+            assert peaks.size == 0
+            continue
+        with warnings.catch_warnings():  # scipy warns about zero prominences (wide plateaus)
+            warnings.simplefilter("ignore")
+            ref, props = signal.find_peaks(y, prominence=0.0, wlen=wlen)
+        assert np.array_equal(peaks, ref), y
+        np.testing.assert_allclose(
+            peak_prominences(y, peaks, wlen), props["prominences"], rtol=0, atol=1e-12
+        )
+    assert peak_prominences(np.arange(5.0), np.zeros(0, dtype=np.intp), 9).size == 0
+
+
+def test_plateau_peak_is_reported_once_in_its_middle() -> None:
+    y = np.array([0.0, 2.0, 2.0, 2.0, 2.0, 1.0, 3.0, 0.5])
+    peaks = local_maxima(y)
+    assert peaks.tolist() == [2, 6]
+    # left base 0 (index 0), right base 1 (index 5): prominence 2 - 1
+    assert peak_prominences(y, peaks, 99).tolist() == [1.0, 2.5]
