@@ -43,7 +43,7 @@ daemon exits with :data:`EXIT_CONFIG` (78, sysexits ``EX_CONFIG``), which the sy
 in ``RestartPreventExitStatus=`` so a typo does not become a restart loop.
 
 This module is imported by ``agent --help``'s neighbours, so it stays cheap: standard library only
-(tomllib, platformdirs, ipaddress, urllib, zoneinfo and difflib are imported when needed).
+(tomllib, platformdirs, urllib, zoneinfo and difflib are imported when needed).
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
+
+from agent.netaddr import is_loopback_host
 
 __all__ = [
     "APP_NAME",
@@ -595,19 +597,6 @@ def _first_source(node: object) -> str | None:
 # Cross-field validation (what a type cannot say).
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
-        ".localhost"
-    ):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_url(
     url: str, key: str, schemes: tuple[str, str], allow_insecure: bool, source: str | None
 ) -> None:
@@ -626,7 +615,7 @@ def _check_url(
         raise ConfigError(
             key, "must not contain credentials; use a token source instead", source=source
         )
-    if parts.scheme == plain and not allow_insecure and not _is_loopback(host):
+    if parts.scheme == plain and not allow_insecure and not is_loopback_host(host):
         raise ConfigError(
             key,
             f"plain {plain}:// to a non-loopback host would send tokens unencrypted; use "

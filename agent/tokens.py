@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import os
 import shlex
@@ -31,6 +30,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
+
+from agent.netaddr import is_loopback_host
 
 #: Default bound on a token command / REST request.
 DEFAULT_TIMEOUT_S: Final = 30.0
@@ -175,18 +176,6 @@ def credential_path(name: str) -> Path:
             "(is the agent running under systemd with LoadCredential=?)"
         )
     return Path(directory) / name
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for ``localhost`` and loopback IP literals (where plain ws:// / http:// is fine)."""
-    if not host:
-        return False
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def post_for_token(

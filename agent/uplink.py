@@ -49,6 +49,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.protocol import State
 
 from agent.backoff import Backoff
+from agent.netaddr import is_loopback_host
 from agent.outbox import Outbox
 from agent.protocol import (
     AckReceived,
@@ -62,13 +63,7 @@ from agent.protocol import (
     close_policy,
 )
 from agent.readings import Reading
-from agent.tokens import (
-    TokenError,
-    TokenExhausted,
-    TokenProvider,
-    TokenRefused,
-    is_loopback_host,
-)
+from agent.tokens import TokenError, TokenExhausted, TokenProvider, TokenRefused
 from agent.uplink_state import ConnState, UplinkState
 
 log = logging.getLogger(__name__)
