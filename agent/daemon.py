@@ -55,6 +55,9 @@ TICK_S = 1.0
 #: Embedded relay identity (local only; the key never leaves this process).
 EMBEDDED_DEV_ID = "local"
 EMBEDDED_USER_ID = "wearer"
+#: Sample blocks queued for processing before the oldest are dropped (~30 min of an H10's
+#: ACC + HR notifications, ~10 MB): only reached if processing or the outbox is stuck.
+MAX_QUEUED_SAMPLES = 10_000
 #: A one-line state summary goes to the log this often (the journal shows health over weeks).
 SUMMARY_LOG_S = 600.0
 
@@ -94,6 +97,7 @@ class Daemon:
         self.queue: asyncio.Queue[SensorSample] = asyncio.Queue()
         self.last_reading_t: float | None = None
         self.readings_total = 0
+        self.samples_dropped = 0
         self.relay: Relay | None = None
         self.outbox: Outbox | None = None
         self.processor: Processor | None = None
@@ -168,11 +172,26 @@ class Daemon:
 
     async def _run_source(self, source: Source) -> None:
         try:
-            await source.run(self.queue.put_nowait)
+            await source.run(self._emit)
         except asyncio.CancelledError:
             raise
         except Exception:  # a failing source never stops the others
             log.exception("sensor source %s failed", source.status.name)
+
+    def _emit(self, sample: SensorSample) -> None:
+        """Sources hand samples over here; never blocks, never grows without bound.
+
+        Processing normally keeps the queue near empty. If it cannot (the outbox's disk is full
+        and commits keep failing, say), the oldest raw samples are dropped and counted rather
+        than letting memory grow until the kernel kills the daemon.
+        """
+        if self.queue.qsize() >= MAX_QUEUED_SAMPLES:
+            self.queue.get_nowait()
+            self.samples_dropped += 1
+            if self.samples_dropped in (1, 10, 100) or self.samples_dropped % 1000 == 0:
+                log.warning("processing is stalled: %d raw sample block(s) dropped so far",
+                            self.samples_dropped)
+        self.queue.put_nowait(sample)
 
     def _process(self, samples: list[SensorSample]) -> list[Any]:
         assert self.processor is not None
@@ -230,6 +249,7 @@ class Daemon:
             "sensors": [s.status.as_dict() for s in self.sources],
             "last_reading_t": self.last_reading_t,
             "readings_total": self.readings_total,
+            "samples_dropped": self.samples_dropped,
             "processing": self.processor.snapshot() if self.processor is not None else {},
             "embedded_relay": self.relay.url if self.relay is not None else None,
         }

@@ -220,3 +220,19 @@ def test_secret_readable_by_others_is_refused_with_78(tmp_path: Path) -> None:
     assert result.returncode == 78
     assert "chmod 600" in result.stderr and "uplink.api_key_file" in result.stderr
     assert "do-not-print-me" not in result.stderr + result.stdout
+
+
+def test_emit_drops_the_oldest_samples_when_processing_is_stuck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent import daemon
+    from agent.config import default_config
+    from sensors.base import PressureSample
+
+    monkeypatch.setattr(daemon, "MAX_QUEUED_SAMPLES", 3)
+    d = daemon.Daemon(default_config(tmp_path))
+    for i in range(5):
+        d._emit(PressureSample(t=float(i), hpa=1000.0))
+    assert d.samples_dropped == 2
+    assert [d.queue.get_nowait().t for _ in range(3)] == [2.0, 3.0, 4.0]
+    assert d.state()["samples_dropped"] == 2
