@@ -100,15 +100,16 @@ async def until(uplink: Uplink, pred: Callable[[], bool]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(uplink: Uplink) -> AsyncIterator[asyncio.Task[None]]:
+async def running(uplink: Uplink, grace_s: float = 0.5) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``uplink`` for the body of the ``async with``; close it (bounded) afterwards."""
     task = asyncio.create_task(uplink.run())
     try:
         yield task
     finally:
         if not task.done():
-            await uplink.close(grace_s=0.5)
+            await uplink.close(grace_s=grace_s)
         with contextlib.suppress(UplinkStopped, asyncio.CancelledError):
-            await task
+            await asyncio.wait_for(task, 20)
 
 
 def fast_backoff(rng: Callable[[], float] = lambda: 0.5) -> Backoff:

@@ -45,6 +45,7 @@ from tests.reliability.conftest import (
     stored_rows,
     wait_until,
 )
+from tests.test_uplink import running
 
 CAP_S = 30.0
 UNKNOWN_CODE = 4999
@@ -112,20 +113,15 @@ class RecordingSleep:
                 await self._called.wait()
 
 
+def running_briefly(uplink: Uplink) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+    """The uplink tests' runner with a short close grace (these brokers never ACK)."""
+    return running(uplink, grace_s=0.2)
+
+
 def seeded_backoff(seed: int) -> Backoff:
     return Backoff(base_s=1.0, cap_s=CAP_S, stable_after_s=60.0, rng=random.Random(seed).random)
 
 
-@contextlib.asynccontextmanager
-async def running(uplink: Uplink) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(uplink.run())
-    try:
-        yield task
-    finally:
-        if not task.done():
-            await uplink.close(grace_s=0.2)
-        with contextlib.suppress(UplinkStopped, asyncio.CancelledError):
-            await asyncio.wait_for(task, WAIT_S)
 
 
 TABLE = [*sorted(CLOSE_POLICY), UNKNOWN_CODE]
@@ -154,7 +150,7 @@ async def test_scripted_close_code_follows_the_policy_table(
                 errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
                 assert any(str(code) in r.getMessage() for r in errors)  # reported
             else:
-                async with running(uplink):
+                async with running_briefly(uplink):
                     await sleep.calls(4)
                     assert uplink.state.last_close_code == code
                 assert len(server.tokens) >= 4
@@ -209,7 +205,7 @@ async def test_real_relay_4001_then_fresh_token_delivers(
         )
         uplink = Uplink(relay.ws_url, tokens, box, backoff=seeded_backoff(1), sleep=sleep,
                         barrier_spacing_s=0.02)
-        async with running(uplink):
+        async with running_briefly(uplink):
             await wait_until(uplink.wait_for, lambda: uplink.acked_id >= box.last_id)
             assert uplink.state.connections == 2
         await box.close()
@@ -232,9 +228,9 @@ async def test_real_relay_4002_older_connection_backs_off_to_the_maximum(
                        sleep=older_sleep)
         newer = Uplink(relay.ws_url, RelayTokens(relay), newer_box, backoff=seeded_backoff(3),
                        sleep=newer_sleep, barrier_spacing_s=0.02)
-        async with running(older):
+        async with running_briefly(older):
             await wait_until(older.wait_for, lambda: older.state.state is ConnState.READY)
-            async with running(newer):
+            async with running_briefly(newer):
                 await older_sleep.calls(1)
                 assert older.state.last_close_code == 4002
                 assert older.state.state is ConnState.BACKOFF
@@ -264,7 +260,7 @@ async def test_real_relay_1001_on_shutdown_reconnects_to_the_restarted_relay(
     uplink = Uplink(first.ws_url, RelayTokens(first), box, backoff=seeded_backoff(4),
                     sleep=sleep, barrier_spacing_s=0.02)
     try:
-        async with running(uplink):
+        async with running_briefly(uplink):
             await box.append_durable([numbered(i) for i in range(10)])
             await wait_until(uplink.wait_for, lambda: uplink.acked_id >= box.last_id)
             sleep.released.clear()
