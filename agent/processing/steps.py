@@ -55,6 +55,15 @@ result does not depend on how the stream is cut into blocks):
    never enter the walk's impact reference, so a fading swing cannot drag it down step by step.
    For ``walk_memory_s`` after a walk ends, a new train must also be comparable to that walk
    (people stop, then take the phone out of a pocket or bag: rhythmic, but much weaker).
+7. **Gait initiation.** A walker starting from standing needs about one stride to reach full
+   impact, so the first one or two heel strikes can be as weak as the weight shift that stage 6
+   drops. When a walk is confirmed, the dropped leading peaks just before it are looked at again,
+   walking back from its first full step: each that keeps the walk's rhythm (one step interval
+   earlier, within ``rhythm_tolerance``) and reaches ``initiation_ratio`` of its impact is
+   counted as one of its first steps (at most ``initiation_steps``). A handling bump off the
+   rhythm, or rest noise far below the steps, is not. (The mirror image, a weak *closing* step
+   after the last full one, is deliberately not counted: whether the foot drawn alongside at a
+   stop is a step differs between the labelled datasets, and a swinging bag looks the same.)
 
 Step times are reported as the time of the filtered peak minus the band-pass filter's phase delay
 at a typical cadence (2 steps/s), which puts them close to the heel strike.
@@ -121,6 +130,13 @@ class StepDetectorConfig:
             a swinging bag and handling bumps are several times weaker than real steps.
         walk_memory_s: for this long after a walk ends, a new train must also reach
             ``min_step_ratio`` of that walk's step prominence (stopping, then handling the phone).
+        initiation_steps: at most this many weak peaks just before a walk's first full step are
+            counted as its first steps when the walk is confirmed (gait initiation: a walker
+            starting from standing needs about one stride to reach full impact, so the first
+            one or two heel strikes are much weaker than the steady ones).
+        initiation_ratio: ...if each reaches this fraction of the walk's step prominence and
+            keeps its rhythm (within ``rhythm_tolerance`` of the walk's step interval). Rest
+            noise and handling bumps before a walk are weaker still or off the rhythm.
     """
 
     fs_hz: float = 50.0
@@ -141,6 +157,8 @@ class StepDetectorConfig:
     merge_ratio: float = 0.7
     min_step_ratio: float = 0.35
     walk_memory_s: float = 10.0
+    initiation_steps: int = 2
+    initiation_ratio: float = 0.2
 
 
 def _strides_regular(times: FloatArray, tolerance: float) -> bool:
@@ -255,6 +273,8 @@ class StepDetector:
         self._bout: list[tuple[float, float]] = []  # (time, prominence) of the train
         self._proms: deque[float] = deque(maxlen=8)  # prominences of recent counted steps
         self._held: list[tuple[float, float]] = []  # weak in-rhythm peaks awaiting a strong one
+        # weak peaks dropped from the front of the train: maybe the first steps of a walk
+        self._lead: deque[tuple[float, float]] = deque(maxlen=max(1, self.config.initiation_steps))
         self._prev_walk: tuple[float, float] | None = None  # (end, median prominence)
         self._last_step: float | None = None
         self._intervals: deque[float] = deque(maxlen=8)
@@ -451,13 +471,14 @@ class StepDetector:
             self._prev_walk = (self._last_step, float(np.median(np.asarray(self._proms))))
         if self._bout and ts - self._bout[-1][0] > cfg.max_interval_s:
             self._bout = []
+            self._lead.clear()
         self._bout.append((ts, prom))
         # the weight shift before the first heel strike (and handling bumps before a walk) are
         # much weaker than the steps that follow: drop weak leading peaks of the train
         while len(self._bout) >= 2 and self._bout[0][1] < cfg.min_step_ratio * float(
             np.median([p for _, p in self._bout[1:]])
         ):
-            self._bout.pop(0)
+            self._lead.append(self._bout.pop(0))
         if len(self._bout) > cfg.bout_min_steps:
             self._bout.pop(0)
         if len(self._bout) == cfg.bout_min_steps:
@@ -476,9 +497,37 @@ class StepDetector:
                 for d in ivs.tolist():
                     self._observe(d)
                 self._proms.clear()
+                out.extend(self._initiation_steps(float(times[0]), med, train_prom))
                 for t_b, p_b in self._bout:
                     self._count(t_b, p_b, out)
                 self._bout = []
+
+    def _initiation_steps(self, t_first: float, period: float, train_prom: float) -> list[float]:
+        """Times of the weak leading peaks that are the first steps of the walk now confirmed.
+
+        Walking back from the train's first full step, a dropped weak peak counts if it keeps
+        the rhythm (one step interval earlier, within ``rhythm_tolerance``) and reaches
+        ``initiation_ratio`` of the walk's impact; the first one that does not ends the search.
+        Without this the gait-initiation steps of every walk were lost (about one per walk on
+        arm- and hand-held devices, whose first strides are markedly weaker).
+        """
+        cfg = self.config
+        steps: list[float] = []
+        nxt = t_first
+        for t_l, p_l in reversed(self._lead):
+            if len(steps) >= cfg.initiation_steps:
+                break
+            if self._last_step is not None and t_l <= self._last_step:
+                break
+            if (
+                abs((nxt - t_l) / period - 1.0) > cfg.rhythm_tolerance
+                or p_l < cfg.initiation_ratio * train_prom
+            ):
+                break
+            steps.append(t_l)
+            nxt = t_l
+        self._lead.clear()
+        return steps[::-1]
 
     def _after_walk_and_weak(self, t_start: float, train_prom: float) -> bool:
         """True for a weak rhythmic train right after a walk: handling the phone, not walking.

@@ -230,6 +230,45 @@ def test_lopsided_steps_count_but_irregular_strides_do_not() -> None:
     assert stream(StepDetector(), t, _bump_train(t, wandering, rng), block=100).size == 0
 
 
+def _walk_with_lead(lead_amps: list[float], lead_gap: float) -> tuple[F, F, F]:
+    """30 full steps (0.55 s apart) preceded by weak bumps; returns (t, xyz, full step times)."""
+    rng = np.random.default_rng(31)
+    t = T0 + np.arange(0, 30.0, 0.01)
+    walk = T0 + 5.0 + 0.55 * np.arange(30)
+    lead = walk[0] - lead_gap * np.arange(len(lead_amps), 0, -1)
+    body = np.zeros((t.size, 3))
+    body[:, 2] = G
+    for c, amp in zip(
+        np.concatenate([lead, walk]).tolist(), [*lead_amps, *[3.0] * walk.size], strict=True
+    ):
+        body[:, 2] += amp * np.exp(-0.5 * ((t - c) / 0.06) ** 2)
+    body += rng.normal(scale=0.05, size=body.shape)
+    return t, np.asarray(body @ _rotation(rng).T, dtype=np.float64), np.asarray(walk, np.float64)
+
+
+def test_weak_first_steps_of_a_walk_count() -> None:
+    """Gait initiation: the first two heel strikes from standing are weak but in rhythm.
+
+    After the band-pass the first one's prominence is 0.23 of the steady steps' (an isolated
+    bump lacks the trough a preceding step digs), below ``min_step_ratio``, so the train drops
+    it; it is counted back once the walk is confirmed. Without that stage it is lost.
+    """
+    t, xyz, walk = _walk_with_lead([2.0, 1.0], lead_gap=0.55)
+    got = stream(StepDetector(), t, xyz, block=100)
+    assert got.size == walk.size + 2, (got.size, walk.size)
+    assert got.min() == pytest.approx(walk[0] - 2 * 0.55, abs=0.15)
+    no_init = StepDetector(StepDetectorConfig(initiation_steps=0))
+    assert stream(no_init, t, xyz, block=100).size == walk.size + 1
+
+
+def test_weak_bump_off_the_rhythm_before_a_walk_is_not_a_step() -> None:
+    """Putting the phone away 1.2 s before walking off is not a step (off the walk's rhythm)."""
+    t, xyz, walk = _walk_with_lead([1.0], lead_gap=1.2)
+    got = stream(StepDetector(), t, xyz, block=100)
+    assert got.size == walk.size, (got.size, walk.size)
+    assert got.min() > walk[0] - 0.3
+
+
 def test_breaking_into_a_run_is_followed_at_once() -> None:
     """Walk at 1.7 steps/s, then run at 3.0: the old refractory interval must not halve the run."""
     rng = np.random.default_rng(23)
