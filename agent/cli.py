@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 #: name → (module, one-line help). Order is the order shown by ``agent --help``.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,6 +28,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 EX_USAGE = 64
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the sysexits usage status (64) instead of argparse's 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
 class CommandModule(Protocol):
     """What a subcommand module provides."""
 
@@ -41,7 +49,7 @@ class CommandModule(Protocol):
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="agent",
         description="Wearable producer agent for the Terra Streaming Protocol.",
         epilog="Run 'agent COMMAND --help' for the options of a command.",
@@ -69,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args_list[0]
     module_name, help_text = COMMANDS[name]
     module: CommandModule = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"agent {name}", description=help_text)
+    parser = _Parser(prog=f"agent {name}", description=help_text)
     module.configure(parser)
     ns = parser.parse_args(args_list[1:])
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -74,6 +75,19 @@ class RelayTokens:
         return await self._relay.mint_token(user_id=self._user_id, developer=EMBEDDED_DEV_ID)
 
 
+def _new_session_dir(root: Path, name: str) -> Path:
+    """Create ``root/name`` (or ``name-2``, ``name-3``, … if taken): never reuse a session."""
+    root.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        directory = root / (name if n == 1 else f"{name}-{n}")
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue
+        return directory
+    raise AssertionError("unreachable")
+
+
 class Daemon:
     """Owns every task of ``agent run`` and the shutdown order."""
 
@@ -117,7 +131,9 @@ class Daemon:
     def _tz(self) -> tzinfo | None:
         name = self.config.processing.timezone
         if not name:
-            return datetime.now().astimezone().tzinfo
+            from agent.processing.totals import system_timezone
+
+            return system_timezone()
         from zoneinfo import ZoneInfo
 
         return ZoneInfo(name)
@@ -384,8 +400,7 @@ class Daemon:
     def _open_recorder(self, root: Path) -> None:
         from sensors.recording import RecordingWriter
 
-        session = datetime.now().strftime("%Y%m%dT%H%M%S")
-        directory = Path(root) / session
+        directory = _new_session_dir(Path(root), datetime.now().strftime("%Y%m%dT%H%M%S"))
         meta = {
             "format": "agent-recording/1",
             "source": "agent run" + (" --simulate" if self.config.sensors.simulate else ""),

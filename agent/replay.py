@@ -16,9 +16,16 @@ deterministic and runs as fast as the machine allows; ``--realtime`` only adds s
 Totals accumulate over the whole recording (``totals_reset="never"``, nothing persisted), so a
 replay never depends on the replaying machine's timezone or state directory.
 
-Readings of different stages leave the pipeline slightly out of time order (floors are judged a
-few seconds late, rate-limited values are sent with the time they were observed); a small heap
-re-orders them within :data:`REORDER_S` so the ``--jsonl`` output is in ``ts`` order.
+The ``[processing]`` settings come from the same configuration ``agent run`` reads (``--config``,
+``$AGENT_CONFIG``, the default file, ``AGENT_PROCESSING__*``), so a calibrated
+``step_length_factor`` or changed submit rates apply to a replay exactly as to live data; only the
+height has its own precedence (``--height``, then the recording's ``meta.json``, then the config).
+
+Readings of different stages leave the pipeline slightly out of time order (steps are confirmed
+up to a few seconds after they happen, rate-limited values are sent with the time they were
+observed); a small heap re-orders them within :func:`reorder_window` (12 s with the default
+emission policies) so the ``--jsonl`` output is in ``ts`` order. That window is also how far the
+output of ``--realtime`` trails the recording, like a live agent's own processing delay.
 
 Output: ``--jsonl`` prints every SUBMIT frame, one JSON object per line; otherwise a summary
 (totals, duration, stream rates, readings per type, replay speed). ``--server URL`` streams the
@@ -55,21 +62,46 @@ if TYPE_CHECKING:
 BLOCK_S: Final = 1.0
 #: Processor.tick spacing in recorded time (the daemon ticks every second).
 TICK_S: Final = 1.0
-#: Re-ordering window for the output (far above the pipeline's few seconds of internal lag).
-REORDER_S: Final = 30.0
-#: Height used when neither --height nor meta.json gives one (adult average).
-DEFAULT_HEIGHT_M: Final = 1.75
-#: Exit status for a bad command line or an unreadable recording.
-EX_BAD_INPUT: Final = 2
+#: Upper bound of how long after a step its STEPS/DISTANCE value leaves the step detector:
+#: ``settle_s`` (0.8 s) + the refractory window + a weak step held for up to two more step
+#: intervals of at most 2 s. Measured maximum over both datasets and a simulated day: 3.2 s.
+STEP_CONFIRM_LAG_S: Final = 7.0
+#: sysexits: bad command line, malformed recording, missing recording, bad configuration.
+EX_USAGE: Final = 64
+EX_DATAERR: Final = 65
+EX_NOINPUT: Final = 66
+EX_CONFIG: Final = 78
 
 
 class ReplayError(Exception):
-    """The recording or the arguments cannot be replayed; the message says why."""
+    """The recording or the arguments cannot be replayed; the message says why.
+
+    ``status`` is the sysexits code the command exits with.
+    """
+
+    def __init__(self, message: str, status: int = EX_DATAERR) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def reorder_window(config: ProcessingConfig) -> float:
+    """Seconds of output held back to restore ``ts`` order (see the module docstring).
+
+    A value can be sent up to its type's ``min_interval_s`` after it was observed (rate limit),
+    and a step's value is observed up to :data:`STEP_CONFIRM_LAG_S` after the step.
+    """
+    limits = [p.min_interval_s for p in config.emission.values()]
+    return STEP_CONFIRM_LAG_S + max(limits, default=0.0)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``agent replay``."""
     parser.add_argument("dir", metavar="DIR", type=Path, help="recording directory (meta.json …)")
+    parser.add_argument(
+        "--config", type=Path, metavar="PATH",
+        help="config file whose [processing] settings to use (default: the one 'agent run' "
+        "reads)",
+    )
     parser.add_argument(
         "--jsonl", action="store_true", help="print every SUBMIT frame, one JSON object per line"
     )
@@ -77,7 +109,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--height",
         type=float,
         metavar="M",
-        help="wearer's height in metres (default: meta.json subject.height_m, else 1.75)",
+        help="wearer's height in metres (default: meta.json subject.height_m, else "
+        "processing.height_m of the config)",
     )
     parser.add_argument(
         "--realtime", action="store_true", help="pace the replay at the recording's own speed"
@@ -107,13 +140,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``agent replay``; returns the exit status (2 for a bad recording or argument)."""
+    """Run ``agent replay``; returns the exit status (sysexits: 64 usage, 65 bad recording,
+    66 no recording, 78 bad configuration)."""
+    from agent.config import ConfigError, load_config
+
+    try:
+        section = load_config(args.config).processing
+    except ConfigError as exc:
+        print(f"agent replay: {exc}", file=sys.stderr)
+        return EX_CONFIG
     try:
         rec = load(args.dir)
-        height = resolve_height(rec, args.height)
+        height = resolve_height(rec, args.height, section.height_m)
     except ReplayError as exc:
         print(f"agent replay: error: {exc}", file=sys.stderr)
-        return EX_BAD_INPUT
+        return exc.status
+    for warning in rec.warnings:
+        print(f"agent replay: warning: {warning}", file=sys.stderr)
     if args.calibrate is not None:
         from agent.processing.distance import calibrate_from_recording
 
@@ -121,12 +164,18 @@ def run(args: argparse.Namespace) -> int:
             factor = calibrate_from_recording(args.dir, args.calibrate, height_m=height)
         except ValueError as exc:
             print(f"agent replay: error: {exc}", file=sys.stderr)
-            return EX_BAD_INPUT
+            return EX_USAGE
         print(f"step_length_factor = {factor:.4f}   # [processing], height_m = {height:g}")
         return 0
     from agent.processing.pipeline import ProcessingConfig
 
-    config = ProcessingConfig(height_m=height, totals_reset="never")
+    config = ProcessingConfig(
+        height_m=height,
+        step_length_factor=section.step_length_factor,
+        acc_submit_hz=section.acc_submit_hz,
+        gyro_submit_hz=section.gyro_submit_hz,
+        totals_reset="never",
+    )
     stats = ReplayStats()
     readings = replay_readings(rec, config, realtime=args.realtime, stats=stats)
     if args.server:
@@ -135,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         return write_jsonl(readings, sys.stdout)
     for _ in readings:
         pass
-    print(summary(rec, stats, height))
+    print(summary(rec, stats, height, config))
     return 0
 
 
@@ -147,9 +196,9 @@ def load(directory: Path) -> Recording:
     from sensors.recording import RecordingError, read_recording
 
     if not directory.exists():
-        raise ReplayError(f"{directory}: no such directory")
+        raise ReplayError(f"{directory}: no such directory", EX_NOINPUT)
     if not directory.is_dir():
-        raise ReplayError(f"{directory}: not a directory")
+        raise ReplayError(f"{directory}: not a directory", EX_NOINPUT)
     try:
         rec = read_recording(directory)
     except RecordingError as exc:
@@ -164,18 +213,22 @@ def load(directory: Path) -> Recording:
     return rec
 
 
-def resolve_height(rec: Recording, height: float | None) -> float:
-    """--height, else meta.json ``subject.height_m``, else the default; validated."""
-    source = "--height"
+def resolve_height(rec: Recording, height: float | None, default: float = 1.75) -> float:
+    """--height, else meta.json ``subject.height_m``, else ``default`` (the config's); validated.
+
+    The recording's own subject wins over the config: the config describes whoever wears this
+    agent's sensors, the recording whoever was recorded.
+    """
+    source, status = "--height", EX_USAGE
     if height is None:
         subject = rec.meta.get("subject")
         h = subject.get("height_m") if isinstance(subject, dict) else None
         if isinstance(h, int | float) and not isinstance(h, bool):
-            height, source = float(h), "meta.json subject.height_m"
+            height, source, status = float(h), "meta.json subject.height_m", EX_DATAERR
         else:
-            return DEFAULT_HEIGHT_M
+            return default
     if not (math.isfinite(height) and 0.5 <= height <= 2.6):
-        raise ReplayError(f"{source} must be between 0.5 and 2.6 m, got {height}")
+        raise ReplayError(f"{source} must be between 0.5 and 2.6 m, got {height}", status)
     return height
 
 
@@ -244,6 +297,13 @@ def _end_time(sample: SensorSample) -> float:
     return float(t)
 
 
+def _start_time(sample: SensorSample) -> float:
+    t = sample.t
+    if isinstance(t, np.ndarray):
+        return float(t[0])
+    return float(t)
+
+
 # -- processing ------------------------------------------------------------------------------
 
 
@@ -275,6 +335,7 @@ def replay_readings(
 
     proc = processor if processor is not None else Processor(config)
     stats = stats if stats is not None else ReplayStats()
+    window = reorder_window(config)
     heap: list[tuple[float, int, Reading]] = []
     seq = itertools.count()
     next_tick: float | None = None
@@ -292,8 +353,10 @@ def replay_readings(
 
     for sample in iter_samples(rec):
         t_end = _end_time(sample)
-        if stats.first_t is None:
-            stats.first_t, t0 = t_end, t_end
+        t_start = _start_time(sample)
+        stats.first_t = t_start if stats.first_t is None else min(stats.first_t, t_start)
+        if next_tick is None:
+            t0 = t_end
             next_tick = math.floor(t_end / TICK_S) * TICK_S + TICK_S
         assert next_tick is not None
         if realtime:
@@ -306,7 +369,7 @@ def replay_readings(
         stats.samples[type(sample).__name__] += 1
         stats.last_t = t_end if stats.last_t is None else max(stats.last_t, t_end)
         push(proc.feed(sample))
-        yield from pop_until(t_end - REORDER_S)
+        yield from pop_until(t_end - window)
     end = stats.last_t if stats.last_t is not None else 0.0
     push(proc.flush(end))
     stats.snapshot = proc.snapshot()
@@ -327,7 +390,9 @@ def write_jsonl(readings: Iterable[Reading], out: TextIO) -> int:
     return 0
 
 
-def summary(rec: Recording, stats: ReplayStats, height_m: float) -> str:
+def summary(
+    rec: Recording, stats: ReplayStats, height_m: float, config: ProcessingConfig | None = None
+) -> str:
     """Human-readable summary of a finished replay."""
     duration = (
         0.0 if stats.first_t is None or stats.last_t is None else stats.last_t - stats.first_t
@@ -335,7 +400,8 @@ def summary(rec: Recording, stats: ReplayStats, height_m: float) -> str:
     snap = stats.snapshot
     lines = [
         f"recording   {rec.path}",
-        f"duration    {duration:.1f} s ({duration / 3600:.2f} h), height {height_m:.2f} m",
+        f"duration    {duration:.1f} s ({duration / 3600:.2f} h), height {height_m:.2f} m"
+        + ("" if config is None else f", step_length_factor {config.step_length_factor:g}"),
         f"steps       {snap.get('steps', 0)}",
         f"distance    {snap.get('distance_m', 0.0)} m",
         f"floors      {snap.get('floors', 0)}",
@@ -403,7 +469,7 @@ async def stream_to_server(readings: Iterable[Reading], args: argparse.Namespace
     :class:`~agent.uplink.Uplink` sends them, reconnecting with fresh tokens as needed, until the
     broker has provably read every one (HEARTBEAT_ACK after the last). Processing runs in a worker
     thread in chunks so heartbeats are never starved. Returns 0 when everything was confirmed,
-    1 when the uplink stopped (close-code policy) first, 2 for bad arguments.
+    1 when the uplink stopped (close-code policy) first, 64 for bad arguments.
     """
     try:
         from agent.outbox import Outbox
@@ -411,12 +477,12 @@ async def stream_to_server(readings: Iterable[Reading], args: argparse.Namespace
     except ImportError as exc:  # pragma: no cover - a partial install
         print(f"agent replay: error: --server is not available ({exc.name} is missing)",
               file=sys.stderr)
-        return EX_BAD_INPUT
+        return EX_CONFIG
     try:
         tokens = _token_provider(args)
     except ReplayError as exc:
         print(f"agent replay: error: {exc}", file=sys.stderr)
-        return EX_BAD_INPUT
+        return EX_USAGE
     iterator = iter(readings)
 
     def pull() -> list[Reading]:
@@ -432,7 +498,7 @@ async def stream_to_server(readings: Iterable[Reading], args: argparse.Namespace
                 )
             except (UplinkError, ValueError) as exc:
                 print(f"agent replay: error: {exc}", file=sys.stderr)
-                return EX_BAD_INPUT
+                return EX_USAGE
             task = asyncio.create_task(uplink.run(), name="replay-uplink")
             sent = 0
             while not task.done():

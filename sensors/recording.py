@@ -4,12 +4,20 @@ A recording is one directory per session holding ``meta.json`` plus one gzip'd C
 (``acc``, ``gyro``, ``hr``, ``pressure``, ``rsc``); see ``../shared/datasets/README.md``. The same
 format serves field data collection (``agent run --record``), replay and the accuracy benchmark,
 so the reader is strict about structure (clear :class:`RecordingError` naming file and line) but
-fast: numeric streams are parsed with :func:`numpy.loadtxt` straight from the gzip stream, and only
-on failure re-scanned row by row to point at the offending line.
+fast: each file is decompressed in one call, numeric streams are parsed with
+:func:`numpy.loadtxt` on the whole text, and only on failure re-scanned row by row to point at the
+offending line. Every stream must have strictly increasing timestamps.
+
+The one thing the reader forgives is an abrupt end. Field boards lose power and agents get
+SIGKILLed, which leaves a gzip stream without its end-of-stream marker and possibly a half-written
+last row; throwing away a study session for that would be worse than losing its last seconds. So
+the complete rows before the cut are returned and :attr:`Recording.warnings` says what was dropped.
+Damage anywhere else (bad gzip magic, a CRC or deflate error, a bad row before the last line) is
+still a :class:`RecordingError`.
 
 The writer opens a stream lazily on its first sample (a session without a barometer has no
 ``pressure.csv.gz``), rewrites ``meta.json`` whenever the list of streams changes, and flushes the
-gzip members periodically so a crash loses at most a few seconds of data (gzip readers accept the
+gzip members periodically so a crash loses at most a few seconds of data (the reader accepts the
 truncated tail of a stream that was sync-flushed).
 """
 
@@ -19,9 +27,10 @@ import csv
 import gzip
 import io
 import json
+import re
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeAlias
@@ -54,6 +63,12 @@ HEADERS: dict[str, tuple[str, ...]] = {
 
 HrRow: TypeAlias = tuple[float, float, tuple[float, ...]]
 
+#: How many session directories the "this is a --record folder" hint names.
+_SESSIONS_SHOWN = 3
+
+#: A line that :func:`numpy.loadtxt` would treat as data (not blank, not a ``#`` comment).
+_DATA_LINE = re.compile(r"^[ \t]*[^#\s]", re.MULTILINE)
+
 
 class RecordingError(ValueError):
     """A recording directory or one of its files is malformed; the message names file and line."""
@@ -66,6 +81,8 @@ class Recording:
     ``rsc`` maps column name (``t``, ``speed_mps``, ``cadence_spm``, ``stride_m``, ``total_m``) to
     a float array; missing optional values (stride, total) are NaN. ``truth`` is the content of
     ``truth.json`` when present (evaluation data only, never part of a live recording).
+    ``warnings`` are human-readable notes about data the reader dropped but could live without
+    (a stream cut off by a crash or power loss); callers should show them to the user.
     """
 
     path: Path
@@ -79,6 +96,7 @@ class Recording:
     pressure_hpa: FloatArray | None = None
     rsc: dict[str, FloatArray] | None = None
     truth: dict[str, Any] | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def _stream_file(directory: Path, stem: str) -> Path | None:
@@ -89,10 +107,105 @@ def _stream_file(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def _open_text(path: Path) -> IO[str]:
+def _gunzip(raw: bytes) -> tuple[bytes, bool]:
+    """Decompress every gzip member in ``raw``; return the data and whether it was cut short.
+
+    :mod:`zlib` is used instead of :mod:`gzip` because it hands back everything decompressed
+    before the input ran out (``gzip`` raises ``EOFError`` and, behind its buffered reader, may
+    drop the last chunk), and it still raises :class:`zlib.error` for wrong magic, corrupt deflate
+    data and CRC/length mismatches. Zero padding between or after members is skipped, as
+    :mod:`gzip` does.
+    """
+    out: list[bytes] = []
+    data = raw
+    while True:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out.append(d.decompress(data))
+        out.append(d.flush())
+        if not d.eof:
+            return b"".join(out), True
+        data = d.unused_data.lstrip(b"\0")
+        if not data:
+            return b"".join(out), False
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """The data rows of one stream file (text after the header) and what was cut off its end."""
+
+    text: str
+    #: ``None`` for an intact file; else builds the warning from the number of rows read
+    note: Callable[[int], str] | None = None
+
+
+def _fields(line: str) -> list[str]:
+    return next(csv.reader([line]), [])
+
+
+def _read_body(path: Path, stem: str, parse_row: Callable[[list[str]], object]) -> _Body:
+    """Read a stream file, check its header and split off an incomplete last line.
+
+    A last line without a newline is dropped when the gzip stream was cut short (even if it
+    parses: ``9.8`` may be the first digits of ``9.81``), and in an intact file only when
+    ``parse_row`` rejects it (a hand-made CSV may simply lack the final newline).
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RecordingError(f"{path}: unreadable ({exc})") from exc
     if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return path.open("r", encoding="utf-8", newline="")
+        try:
+            data, truncated = _gunzip(raw)
+        except zlib.error as exc:
+            raise RecordingError(f"{path}: unreadable (not gzip or corrupt: {exc})") from exc
+    else:
+        data, truncated = raw, False
+    cut = data.rfind(b"\n") + 1
+    try:
+        text = data[:cut].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordingError(f"{path}: unreadable ({exc})") from exc
+    tail = data[cut:].decode("utf-8", errors="replace")
+    if not text:
+        if truncated or not data:
+            how = "is empty" if not raw else "ends abruptly before the end of its header line"
+            msg = (
+                f"{path}: {how} (the recording agent was stopped right after creating it); "
+                "read 0 rows"
+            )
+            return _Body("", lambda _rows: msg)
+        text, tail = tail, ""  # a header-only file without the final newline
+    header, _, body = text.partition("\n")
+    _check_header(path, header, stem)
+    if truncated:
+        partial = ", dropped the partial row after them" if tail.strip() else ""
+        return _Body(
+            body,
+            lambda rows: (
+                f"{path}: ends abruptly (the recording agent was stopped without "
+                f"closing it); read {rows} complete rows{partial}"
+            ),
+        )
+    if tail.strip():
+        lineno = text.count("\n") + 1
+        try:
+            parse_row(_fields(tail))
+        except ValueError as exc:
+            reason = str(exc)
+            return _Body(
+                body,
+                lambda rows: (
+                    f"{path}:{lineno}: last line is incomplete (no newline, {reason}); "
+                    f"dropped it, read {rows} complete rows"
+                ),
+            )
+        body += tail + "\n"
+    return _Body(body)
+
+
+def _finish(body: _Body, rows: int, warnings: list[str]) -> None:
+    if body.note is not None:
+        warnings.append(body.note(rows))
 
 
 def _check_header(path: Path, line: str, stem: str) -> None:
@@ -103,88 +216,149 @@ def _check_header(path: Path, line: str, stem: str) -> None:
         )
 
 
-def _locate_bad_row(path: Path, ncols: int) -> str:
-    """Re-scan a numeric CSV to name the first bad line (only used after a fast parse failed)."""
-    try:
-        with _open_text(path) as f:
-            for lineno, row in enumerate(csv.reader(f), start=1):
-                if lineno == 1 or not row:
-                    continue
-                if len(row) != ncols:
-                    return f"{path}:{lineno}: expected {ncols} columns, got {len(row)}"
-                try:
-                    [float(v) for v in row]
-                except ValueError:
-                    return f"{path}:{lineno}: non-numeric value in {','.join(row)!r}"
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        return f"{path}: unreadable ({exc})"
-    return f"{path}: malformed numeric data"
+def _check_times(path: Path, t: FloatArray, lines: Sequence[int] | None = None) -> None:
+    """Reject non-finite or non-increasing timestamps; ``lines`` maps row index to line number.
 
+    Without ``lines`` row ``i`` is taken to be on line ``i + 2`` (no blank lines).
+    """
 
-def _load_numeric(path: Path, stem: str) -> FloatArray:
-    """Load a numeric stream as an (n, ncols) float64 array, validating header and time order."""
-    ncols = len(HEADERS[stem])
-    try:
-        with _open_text(path) as f:
-            header = f.readline()
-            _check_header(path, header, stem)
-            data = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
-    except RecordingError:
-        raise
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise RecordingError(f"{path}: unreadable ({exc})") from exc
-    except ValueError as exc:
-        raise RecordingError(_locate_bad_row(path, ncols)) from exc
-    if data.size == 0:
-        return np.zeros((0, ncols))
-    if data.shape[1] != ncols:
-        raise RecordingError(f"{path}:2: expected {ncols} columns, got {data.shape[1]}")
-    t = data[:, 0]
+    def line(i: int) -> int:
+        return lines[i] if lines is not None else i + 2
+
     if not np.all(np.isfinite(t)):
         bad = int(np.flatnonzero(~np.isfinite(t))[0])
-        raise RecordingError(f"{path}:{bad + 2}: non-finite timestamp")
+        raise RecordingError(f"{path}:{line(bad)}: non-finite timestamp")
     back = np.flatnonzero(np.diff(t) <= 0)
     if back.size:
         i = int(back[0]) + 1
         raise RecordingError(
-            f"{path}:{i + 2}: timestamp {t[i]:.6f} is not after the previous one {t[i - 1]:.6f}"
+            f"{path}:{line(i)}: timestamp {t[i]:.6f} is not after the previous one {t[i - 1]:.6f}"
         )
+
+
+def _numeric_row(ncols: int) -> Callable[[list[str]], list[float]]:
+    def parse(row: list[str]) -> list[float]:
+        if len(row) != ncols:
+            raise ValueError(f"expected {ncols} columns, got {len(row)}")
+        try:
+            return [float(v) for v in row]
+        except ValueError:
+            raise ValueError(f"non-numeric value in {','.join(row)!r}") from None
+
+    return parse
+
+
+def _locate_bad_row(path: Path, body: str, ncols: int) -> str:
+    """Re-scan a numeric body to name the first bad line (only used after a fast parse failed)."""
+    parse = _numeric_row(ncols)
+    for lineno, row in enumerate(csv.reader(io.StringIO(body)), start=2):
+        if not row or row[0].lstrip().startswith("#"):
+            continue
+        try:
+            parse(row)
+        except ValueError as exc:
+            return f"{path}:{lineno}: {exc}"
+    return f"{path}: malformed numeric data"
+
+
+def _load_numeric(path: Path, stem: str, warnings: list[str]) -> FloatArray:
+    """Load a numeric stream as an (n, ncols) float64 array, validating header and time order."""
+    ncols = len(HEADERS[stem])
+    body = _read_body(path, stem, _numeric_row(ncols))
+    if _DATA_LINE.search(body.text) is None:  # loadtxt would warn "input contained no data"
+        data = np.zeros((0, ncols))
+    else:
+        try:
+            data = np.loadtxt(io.StringIO(body.text), delimiter=",", dtype=np.float64, ndmin=2)
+        except ValueError as exc:
+            raise RecordingError(_locate_bad_row(path, body.text, ncols)) from exc
+        if data.shape[1] != ncols:
+            raise RecordingError(f"{path}:2: expected {ncols} columns, got {data.shape[1]}")
+        _check_times(path, data[:, 0])
+    _finish(body, data.shape[0], warnings)
     return data
 
 
-def _load_hr(path: Path) -> tuple[HrRow, ...]:
+def _hr_row(row: list[str]) -> HrRow:
+    if len(row) != 3:
+        raise ValueError(f"expected 3 columns, got {len(row)}")
+    return float(row[0]), float(row[1]), tuple(float(v) for v in row[2].split())
+
+
+def _load_hr(path: Path, warnings: list[str]) -> tuple[HrRow, ...]:
+    """HR rows carry a variable number of RR intervals, so they are parsed row by row (~1 Hz)."""
+    body = _read_body(path, "hr", _hr_row)
     rows: list[HrRow] = []
-    lineno = 0
-    try:
-        with _open_text(path) as f:
-            reader = csv.reader(f)
-            for lineno, row in enumerate(reader, start=1):
-                if lineno == 1:
-                    _check_header(path, ",".join(row), "hr")
-                    continue
-                if not row:
-                    continue
-                if len(row) != 3:
-                    raise RecordingError(f"{path}:{lineno}: expected 3 columns, got {len(row)}")
-                rr = tuple(float(v) for v in row[2].split())
-                rows.append((float(row[0]), float(row[1]), rr))
-    except RecordingError:
-        raise
-    except ValueError as exc:
-        raise RecordingError(f"{path}:{lineno}: {exc}") from exc
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise RecordingError(f"{path}: unreadable ({exc})") from exc
+    lines: list[int] = []
+    for lineno, row in enumerate(csv.reader(io.StringIO(body.text)), start=2):
+        if not row:
+            continue
+        try:
+            rows.append(_hr_row(row))
+        except ValueError as exc:
+            raise RecordingError(f"{path}:{lineno}: {exc}") from exc
+        lines.append(lineno)
+    _check_times(path, np.array([r[0] for r in rows], dtype=np.float64), lines)
+    _finish(body, len(rows), warnings)
     return tuple(rows)
 
 
+def _rsc_row(row: list[str]) -> list[float]:
+    if len(row) != len(HEADERS["rsc"]):
+        raise ValueError(f"expected {len(HEADERS['rsc'])} columns, got {len(row)}")
+    return [float(v) if v.strip() else float("nan") for v in row]
+
+
+def _load_rsc(path: Path, warnings: list[str]) -> dict[str, FloatArray]:
+    """RSC rows may leave stride/total empty (the pod did not report them): read them as NaN."""
+    names = HEADERS["rsc"]
+    body = _read_body(path, "rsc", _rsc_row)
+    rows: list[list[float]] = []
+    lines: list[int] = []
+    for lineno, row in enumerate(csv.reader(io.StringIO(body.text)), start=2):
+        if not row:
+            continue
+        try:
+            rows.append(_rsc_row(row))
+        except ValueError as exc:
+            raise RecordingError(f"{path}:{lineno}: {exc}") from exc
+        lines.append(lineno)
+    data = np.array(rows, dtype=np.float64).reshape(-1, len(names))
+    _check_times(path, data[:, 0], lines)
+    _finish(body, len(rows), warnings)
+    return {n: data[:, i].copy() for i, n in enumerate(names)}
+
+
+def _missing_meta(directory: Path, meta_path: Path) -> str:
+    """Explain a missing ``meta.json``, pointing at sessions when given the ``--record`` root."""
+    try:
+        sessions = sorted(p for p in directory.iterdir() if (p / "meta.json").is_file())
+    except OSError:
+        sessions = []
+    if not sessions:
+        return f"{meta_path}: missing (not a recording directory)"
+    # session names are the start time (%Y%m%dT%H%M%S), so name order is oldest to newest
+    shown = ", ".join(str(p) for p in sessions[-_SESSIONS_SHOWN:])
+    if len(sessions) > _SESSIONS_SHOWN:
+        shown = f"{len(sessions)} sessions (newest last): ..., {shown}"
+    else:
+        shown = f"sessions: {shown}"
+    return (
+        f"{meta_path}: missing: {directory} looks like a --record folder; replay one of its {shown}"
+    )
+
+
 def read_recording(path: str | Path) -> Recording:
-    """Load a recording directory; raise :class:`RecordingError` on malformed input."""
+    """Load a recording directory; raise :class:`RecordingError` on malformed input.
+
+    A stream cut off by a crash yields its complete rows and a note in ``Recording.warnings``.
+    """
     directory = Path(path)
     meta_path = directory / "meta.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise RecordingError(f"{meta_path}: missing (not a recording directory)") from exc
+        raise RecordingError(_missing_meta(directory, meta_path)) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise RecordingError(f"{meta_path}: unreadable ({exc})") from exc
     except json.JSONDecodeError as exc:
@@ -194,25 +368,25 @@ def read_recording(path: str | Path) -> Recording:
         raise RecordingError(f"{meta_path}:1: format is {got!r}, expected {FORMAT!r}")
 
     fields: dict[str, Any] = {}
+    warnings: list[str] = []
     p = _stream_file(directory, "acc")
     if p is not None:
-        a = _load_numeric(p, "acc")
+        a = _load_numeric(p, "acc", warnings)
         fields["acc_t"], fields["acc"] = a[:, 0].copy(), a[:, 1:4].copy()
     p = _stream_file(directory, "gyro")
     if p is not None:
-        g = _load_numeric(p, "gyro")
+        g = _load_numeric(p, "gyro", warnings)
         fields["gyro_t"], fields["gyro"] = g[:, 0].copy(), g[:, 1:4].copy()
     p = _stream_file(directory, "pressure")
     if p is not None:
-        pr = _load_numeric(p, "pressure")
+        pr = _load_numeric(p, "pressure", warnings)
         fields["pressure_t"], fields["pressure_hpa"] = pr[:, 0].copy(), pr[:, 1].copy()
     p = _stream_file(directory, "rsc")
     if p is not None:
-        r = _load_rsc(p)
-        fields["rsc"] = r
+        fields["rsc"] = _load_rsc(p, warnings)
     p = _stream_file(directory, "hr")
     if p is not None:
-        fields["hr"] = _load_hr(p)
+        fields["hr"] = _load_hr(p, warnings)
 
     truth_path = directory / "truth.json"
     if truth_path.is_file():
@@ -223,35 +397,7 @@ def read_recording(path: str | Path) -> Recording:
         if not isinstance(truth, dict):
             raise RecordingError(f"{truth_path}:1: expected a JSON object")
         fields["truth"] = truth
-    return Recording(path=directory, meta=meta, **fields)
-
-
-def _load_rsc(path: Path) -> dict[str, FloatArray]:
-    """RSC rows may leave stride/total empty (the pod did not report them): read them as NaN."""
-    names = HEADERS["rsc"]
-    cols: list[list[float]] = [[] for _ in names]
-    lineno = 0
-    try:
-        with _open_text(path) as f:
-            for lineno, row in enumerate(csv.reader(f), start=1):
-                if lineno == 1:
-                    _check_header(path, ",".join(row), "rsc")
-                    continue
-                if not row:
-                    continue
-                if len(row) != len(names):
-                    raise RecordingError(
-                        f"{path}:{lineno}: expected {len(names)} columns, got {len(row)}"
-                    )
-                for c, v in zip(cols, row, strict=True):
-                    c.append(float(v) if v.strip() else float("nan"))
-    except RecordingError:
-        raise
-    except ValueError as exc:
-        raise RecordingError(f"{path}:{lineno}: {exc}") from exc
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise RecordingError(f"{path}: unreadable ({exc})") from exc
-    return {n: np.asarray(c, dtype=np.float64) for n, c in zip(names, cols, strict=True)}
+    return Recording(path=directory, meta=meta, warnings=tuple(warnings), **fields)
 
 
 def iter_recordings(folder: str | Path) -> Iterator[Path]:

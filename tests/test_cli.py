@@ -29,7 +29,7 @@ def test_python_m_agent_help_is_fast_and_imports_nothing_heavy() -> None:
 def test_unknown_command_is_a_usage_error() -> None:
     result = subprocess.run([sys.executable, "-m", "agent", "frobnicate"], capture_output=True,
                             text=True, cwd=ROOT, timeout=60, check=False)
-    assert result.returncode == 2
+    assert result.returncode == 64  # sysexits EX_USAGE, as the README says
     assert "invalid choice" in result.stderr
 
 
@@ -37,3 +37,10 @@ def test_version() -> None:
     result = subprocess.run([sys.executable, "-m", "agent", "--version"], capture_output=True,
                             text=True, cwd=ROOT, timeout=60, check=True)
     assert result.stdout.startswith("agent ")
+
+
+def test_bad_option_of_a_command_is_a_usage_error() -> None:
+    result = subprocess.run([sys.executable, "-m", "agent", "run", "--bogus"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert result.returncode == 64
+    assert "unrecognized arguments: --bogus" in result.stderr

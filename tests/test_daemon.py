@@ -236,3 +236,33 @@ def test_emit_drops_the_oldest_samples_when_processing_is_stuck(
     assert d.samples_dropped == 2
     assert [d.queue.get_nowait().t for _ in range(3)] == [2.0, 3.0, 4.0]
     assert d.state()["samples_dropped"] == 2
+
+
+def test_default_time_zone_keeps_daylight_saving_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without processing.timezone the daily reset follows the machine's zone *with* DST.
+
+    (It used to freeze the offset in force when the daemon started.)
+    """
+    from datetime import datetime, timedelta
+
+    from agent import daemon
+    from agent.config import default_config
+
+    monkeypatch.setenv("TZ", "Europe/London")
+    tz = daemon.Daemon(default_config(tmp_path))._tz()
+    assert tz is not None
+    assert datetime(2026, 1, 1, 12, tzinfo=tz).utcoffset() == timedelta(0)
+    assert datetime(2026, 7, 1, 12, tzinfo=tz).utcoffset() == timedelta(hours=1)
+
+
+def test_two_sessions_in_the_same_second_get_their_own_recording(tmp_path: Path) -> None:
+    from agent.daemon import _new_session_dir
+
+    a = _new_session_dir(tmp_path / "rec", "20261127T234910")
+    b = _new_session_dir(tmp_path / "rec", "20261127T234910")
+    c = _new_session_dir(tmp_path / "rec", "20261127T234910")
+    assert [p.name for p in (a, b, c)] == ["20261127T234910", "20261127T234910-2",
+                                           "20261127T234910-3"]
+    assert all(p.is_dir() for p in (a, b, c))

@@ -99,9 +99,12 @@ def test_summary(recording: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "real time" in out
 
 
-@pytest.mark.parametrize("case", ["missing", "file", "no-meta", "bad-csv", "bad-height"])
-def test_bad_input_exits_2_with_a_clear_message(
-    case: str, recording: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("case", "status"),
+    [("missing", 66), ("file", 66), ("no-meta", 65), ("bad-csv", 65), ("bad-height", 64)],
+)
+def test_bad_input_exits_with_sysexits_status_and_a_clear_message(
+    case: str, status: int, recording: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["replay", str(recording)]
     if case == "missing":
@@ -115,7 +118,7 @@ def test_bad_input_exits_2_with_a_clear_message(
         write_csv_gz(recording / "acc.csv.gz", "t,x,y,z", [f"{T0},1,2,3", f"{T0 + 1},oops,2,3"])
     else:
         args += ["--height", "17"]
-    assert main(args) == 2
+    assert main(args) == status
     err = capsys.readouterr().err
     assert err.startswith("agent replay: error:") and "Traceback" not in err
 
@@ -123,7 +126,7 @@ def test_bad_input_exits_2_with_a_clear_message(
 def test_server_without_a_token_source_is_a_usage_error(
     recording: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["replay", str(recording), "--server", "ws://127.0.0.1:9/connect"]) == 2
+    assert main(["replay", str(recording), "--server", "ws://127.0.0.1:9/connect"]) == 64
     assert "--token-file" in capsys.readouterr().err
 
 
@@ -171,6 +174,74 @@ def test_realtime_paces_by_recorded_time(recording: Path) -> None:
     assert now[0] == pytest.approx(40.0, abs=0.1)  # the recording spans 40 s
 
 
+def test_realtime_output_trails_the_recording_by_the_reorder_window_only(
+    recording: Path,
+) -> None:
+    """Paced output must come out about as live output does, not half a minute late."""
+    from agent.processing.pipeline import ProcessingConfig
+    from agent.replay import load, reorder_window, replay_readings
+
+    config = ProcessingConfig(totals_reset="never")
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    # (seconds since the start when the reading came out, its recorded time since the start)
+    out = [(now[0], r.t - T0) for r in replay_readings(
+        load(recording), config, realtime=True, sleep=sleep, clock=lambda: now[0])]
+    window = reorder_window(config)
+    assert window == pytest.approx(12.0)
+    # until the recording ends (then everything left is flushed), no reading waits longer
+    before_end = [at - t for at, t in out if at < 39.0]
+    assert before_end and max(before_end) <= window + 1.5
+    assert sum(1 for at, _ in out if at < 39.0) > len(out) / 2  # most came out on the way
+
+
+def test_config_processing_settings_apply_to_replay(
+    recording: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A calibrated step_length_factor (and submit rates) change a replay as they change live."""
+    assert main(["replay", str(recording), "--jsonl"]) == 0
+    base = frames(capsys.readouterr().out)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("[processing]\nstep_length_factor = 2.0\nacc_submit_hz = 1.0\n")
+    assert main(["replay", str(recording), "--jsonl", "--config", str(cfg)]) == 0
+    scaled = frames(capsys.readouterr().out)
+
+    def last(fs: list[Submit], dt: DataType) -> float:
+        vals = [f.val for f in fs if f.type is dt]
+        assert vals and vals[-1] is not None
+        return float(vals[-1])
+
+    assert last(scaled, DataType.DISTANCE) == pytest.approx(
+        2.0 * last(base, DataType.DISTANCE), rel=0.01)
+    n_acc = sum(1 for f in scaled if f.type is DataType.ACCELERATION)
+    assert 35 <= n_acc <= 42  # 1 Hz over 40 s (default 4 Hz gives ~160)
+    # the environment works too, like for agent run
+    monkeypatch.setenv("AGENT_PROCESSING__STEP_LENGTH_FACTOR", "2.0")
+    assert main(["replay", str(recording)]) == 0
+    assert "step_length_factor 2" in capsys.readouterr().out
+
+
+def test_bad_config_is_exit_78(recording: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("[processing]\nstep_length_factor = -1\n")
+    assert main(["replay", str(recording), "--config", str(cfg)]) == 78
+    assert "step_length_factor" in capsys.readouterr().err
+
+
+def test_summary_duration_spans_the_whole_recording(
+    recording: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["replay", str(recording)]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("duration"))
+    assert float(line.split()[1]) == pytest.approx(40.0, abs=0.1)
+
+
 async def test_server_with_token_url_mints_tokens_over_rest(
     recording: Path, tmp_path: Path
 ) -> None:
@@ -195,7 +266,7 @@ def test_token_url_without_its_companions_is_a_usage_error(
 ) -> None:
     args = ["replay", str(recording), "--server", "ws://127.0.0.1:9/connect",
             "--token-url", "http://127.0.0.1:9", "--dev-id", "d"]
-    assert main(args) == 2
+    assert main(args) == 64
     assert "--api-key-file, --user-id" in capsys.readouterr().err
 
 

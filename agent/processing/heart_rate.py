@@ -17,8 +17,11 @@ are physiologically impossible or far from their neighbours, so rejection works 
 
 The output is 60000 / mean of the accepted intervals of the last :data:`SMOOTH_S` seconds of beats
 (at least the last beat), which removes respiratory jitter while lagging a real change by about
-half that window. Without RR data (some devices, or no beats in a notification) the device bpm is
-passed through when plausible. Readings while the strap reports no skin contact are dropped.
+half that window. Without RR data (some devices, or no beats in a notification) the device's bpm
+goes through the same rules as one beat of 60000/bpm ms at the notification time: a lone 220 bpm
+spike between 60s is an artifact whatever its source, while a real change re-locks after
+:data:`RELOCK_BEATS` notifications (about 4 s). Readings while the strap reports no skin contact
+are dropped.
 """
 
 from __future__ import annotations
@@ -111,8 +114,12 @@ class HeartRateFilter:
             if self._recent and self._recent[-1][0] >= t - SMOOTH_S:
                 return self._smoothed(t)
             return None
-        if BPM_MIN <= sample.bpm <= BPM_MAX:
-            return float(sample.bpm)
+        if not (BPM_MIN <= sample.bpm <= BPM_MAX):
+            return None
+        # (RR bounds still apply: beyond 200 bpm a device value is as implausible as an RR)
+        self._beat(t, 60000.0 / sample.bpm)
+        if self._recent and self._recent[-1][0] == t:
+            return self._smoothed(t)
         return None
 
     def _smoothed(self, t: float) -> float:

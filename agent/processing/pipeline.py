@@ -152,6 +152,7 @@ class Processor:
         self._battery: dict[str, int] = {}
         self._pod_t: float | None = None
         self._pod_fraction = 0.0
+        self._totals_announced = False
         self.dropped = 0
 
     # -- input ---------------------------------------------------------------------------------
@@ -186,7 +187,11 @@ class Processor:
     def tick(self, now: float) -> list[Reading]:
         """Time-driven work at ``now`` (cadence decay, keep-alives, midnight reset, saving)."""
         out: list[Reading] = []
-        if self._totals.roll(now):
+        if self._totals.roll(now) or not self._totals_announced:
+            # the first tick announces the totals as they stand (restored after a restart, or
+            # 0): a consumer must see the current state even if the wearer never moves, and the
+            # emitter's keep-alive only re-sends what was sent once
+            self._totals_announced = True
             self._offer_totals(now, out)
         self._derived(now, out)
         out.extend(self._emitter.tick(now))

@@ -27,6 +27,7 @@ import enum
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from pathlib import Path
@@ -56,6 +57,32 @@ class Totals:
     distance_m: float = 0.0
     floors: int = 0
     day: str | None = None
+
+
+def system_timezone(
+    env: Mapping[str, str] | None = None, localtime: Path = Path("/etc/localtime")
+) -> tzinfo | None:
+    """The machine's time zone *with its daylight-saving rules*, or ``None`` if unknown.
+
+    ``datetime.now().astimezone().tzinfo`` looks right but is a fixed offset: a daemon started
+    in summer would reset the daily totals an hour early all winter. So: ``$TZ`` if it names a
+    zone (``Europe/London`` or ``:Europe/London``), else the zone file ``/etc/localtime`` points
+    to. ``None`` (callers then use the C library's local time, which is DST-aware too) when
+    neither can be read (a container without zone data) or ``$TZ`` is a POSIX rule string.
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = (os.environ if env is None else env).get("TZ", "").lstrip(":")
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            return None  # a POSIX rule string ("CET-1CEST,M3.5.0,M10.5.0/3"): libc handles it
+    try:
+        with localtime.open("rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+    except (OSError, ValueError):
+        return None
 
 
 def local_day(t: float, tz: tzinfo | None) -> str:
@@ -115,6 +142,13 @@ class TotalsStore:
             return False
         day = local_day(t, self.tz)
         if self.totals.day is None:
+            if self.totals.steps or self.totals.distance_m or self.totals.floors:
+                # saved under totals_reset = "never" (no day): a multi-day sum is not today's
+                log.info("totals were kept without a day (totals_reset was 'never'); "
+                         "today's totals start from zero")
+                self.totals = Totals(day=day)
+                self._dirty = True
+                return True
             self.totals.day = day
             self._dirty = True
             return False

@@ -88,3 +88,16 @@ def test_device_bpm_fallback_and_contact() -> None:
     assert f.feed(HeartRateSample(T0 + 2, 300.0)) is None
     assert f.feed(HeartRateSample(T0 + 3, 72.0, (830.0,), contact=False)) is None
     assert f.feed(HeartRateSample(T0 + 4, 72.0, (), contact=True)) == 72.0
+
+
+def test_device_bpm_without_rr_gets_the_same_artifact_rejection() -> None:
+    """A strap or watch that sends no RR: a lone spike is dropped, a real change is followed."""
+    f = HeartRateFilter()
+    bpm = [60.0] * 20 + [220.0] + [60.0] * 10 + [100.0] * 20
+    out = run(f, [HeartRateSample(T0 + i, b) for i, b in enumerate(bpm)])
+    values = dict(out)
+    assert T0 + 20 not in values  # the 220 bpm spike
+    assert all(abs(v - 60.0) < 1.0 for t, v in out if t < T0 + 31)
+    settled = [t - (T0 + 31) for t, v in out if t >= T0 + 31 and abs(v - 100.0) < 3.0]
+    assert settled and settled[0] <= 6.0  # re-locked within a few seconds
+    assert f.rejected >= 1

@@ -170,6 +170,27 @@ def test_totals_persist_and_reset_at_local_midnight(tmp_path: Path) -> None:
                      step_detector=ScriptedDetector(np.empty(0))).snapshot()["steps"] == 0
 
 
+def test_restored_totals_are_announced_and_kept_alive_at_rest(tmp_path: Path) -> None:
+    """After a restart a consumer sees today's totals at once and every minute, without a step."""
+    tz = timezone(timedelta(hours=2))
+    path = tmp_path / "totals.json"
+    cfg = ProcessingConfig(acc_submit_hz=0, gyro_submit_hz=0)
+    steps = T0 + 1.0 + np.arange(40) * 0.5
+    a = Processor(cfg, totals_path=path, tz=tz, step_detector=ScriptedDetector(steps))
+    t, x = resting_acc(T0, 30.0)
+    live(a, t, x)
+    a.flush(T0 + 30.0)
+    b = Processor(cfg, totals_path=path, tz=tz, step_detector=ScriptedDetector(np.empty(0)))
+    t, x = resting_acc(T0 + 40.0, 200.0)
+    out = live(b, t, x, block=25)
+    for dt, want in ((DataType.STEPS, 40.0), (DataType.FLOORS_CLIMBED, 0.0)):
+        got = of(out, dt)
+        assert got and got[0].t <= T0 + 42.0, dt  # announced on the first tick
+        assert all(r.val == want for r in got)
+        assert len(got) >= 3, (dt, len(got))  # ... and re-sent every minute at rest
+    assert of(out, DataType.DISTANCE)[0].val == pytest.approx(b.snapshot()["distance_m"])
+
+
 def test_floors_only_while_walking_through_the_pipeline() -> None:
     steps = T0 + 10.0 + np.arange(0, 40.0, 0.6)  # walking 10 s … 50 s
     proc = Processor(ProcessingConfig(acc_submit_hz=0, gyro_submit_hz=0, totals_reset="never"),

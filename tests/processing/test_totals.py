@@ -6,8 +6,9 @@ import itertools
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
-from agent.processing.totals import ResetPolicy, TotalsStore
+from agent.processing.totals import ResetPolicy, TotalsStore, system_timezone
 
 NEW_YORK_WINTER = timezone(timedelta(hours=-5))
 # 2026-01-07 04:59:00 UTC = 23:59 local in New York (UTC−5).
@@ -87,3 +88,44 @@ def test_no_path_never_writes(tmp_path: Path) -> None:
     assert not store.maybe_save(BEFORE_MIDNIGHT + 100)
     store.save()
     assert store.saves == 0
+
+
+def test_daily_reset_follows_daylight_saving(tmp_path: Path) -> None:
+    """Local midnight is 00:00 GMT in winter and 23:00 UTC (00:00 BST) in summer."""
+    london = ZoneInfo("Europe/London")
+    store = TotalsStore(tmp_path / "t.json", tz=london)
+    winter = datetime(2026, 1, 15, 23, 59, tzinfo=UTC).timestamp()
+    store.add(winter, steps=10)
+    assert store.add(winter + 120, steps=1)  # 00:01 GMT: new day
+    summer = datetime(2026, 7, 15, 22, 59, tzinfo=UTC).timestamp()  # 23:59 BST
+    store.add(summer, steps=10)
+    assert store.add(summer + 120, steps=1)  # 00:01 BST = 23:01 UTC: new day
+    assert store.totals.day == "2026-07-16"
+
+
+def test_system_timezone_keeps_daylight_saving_rules(tmp_path: Path) -> None:
+    tz = system_timezone({"TZ": ":Europe/London"}, localtime=tmp_path / "missing")
+    assert tz is not None
+    jan, jul = datetime(2026, 1, 1, 12), datetime(2026, 7, 1, 12)
+    assert jan.replace(tzinfo=tz).utcoffset() == timedelta(0)
+    assert jul.replace(tzinfo=tz).utcoffset() == timedelta(hours=1)
+    link = tmp_path / "localtime"
+    link.symlink_to("/usr/share/zoneinfo/America/New_York")
+    ny = system_timezone({}, localtime=link)
+    assert ny is not None and jul.replace(tzinfo=ny).utcoffset() == timedelta(hours=-4)
+    # a POSIX rule string or no zone data at all: None (the C library's local time is used)
+    assert system_timezone({"TZ": "CET-1CEST,M3.5.0,M10.5.0/3"}, localtime=link) is None
+    assert system_timezone({}, localtime=tmp_path / "missing") is None
+
+
+def test_switching_from_never_to_daily_does_not_call_a_multi_day_sum_today(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "totals.json"
+    a = TotalsStore(path, "never", tz=UTC)
+    a.add(BEFORE_MIDNIGHT - 5 * 86400, steps=250_000, distance_m=180_000.0)
+    a.save()
+    b = TotalsStore(path, "daily", tz=UTC)
+    assert b.roll(BEFORE_MIDNIGHT)
+    assert (b.totals.steps, b.totals.distance_m) == (0, 0.0)
+    assert TotalsStore(path, "never", tz=UTC).totals.steps == 250_000  # and back: kept
