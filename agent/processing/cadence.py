@@ -6,7 +6,10 @@ the last step the value is held for one step interval plus :data:`LATENCY_S` (th
 step detector confirms a step 1–1.5 s after it happened, so that much silence is normal while
 walking) and then ramps linearly down to exactly 0 over :data:`DECAY_S`, so it decays smoothly
 instead of freezing at the walking value: about 3.5 s after the last confirmed step at a normal
-walking cadence, never later than :data:`STOP_AFTER_S`.
+walking cadence, never later than :data:`STOP_AFTER_S`. Strong impacts the step detector has
+seen but not yet confirmed (:meth:`CadenceEstimator.note_stepping`) extend the hold: when the
+walker breaks from a run into a walk the detector needs a few steps to re-form the walk, and the
+value must not dip to 0 meanwhile.
 
 A foot pod (Running Speed and Cadence profile) measures cadence directly at the foot; when a pod
 sample is recent it wins over the accelerometer estimate. RSC reports steps per minute.
@@ -57,6 +60,7 @@ class CadenceEstimator:
         self._times: NDArray[np.float64] = np.empty(0)
         self._interval: float | None = None
         self._last: float | None = None
+        self._stepping: float | None = None
         self._rsc_t: float | None = None
         self._rsc_hz = 0.0
 
@@ -65,6 +69,7 @@ class CadenceEstimator:
         self._times = np.empty(0)
         self._interval = None
         self._last = None
+        self._stepping = None
         self._rsc_t = None
         self._rsc_hz = 0.0
 
@@ -92,6 +97,16 @@ class CadenceEstimator:
         self._interval = statistics.median(iv) if iv else None
         self._last = ts[-1]
 
+    def note_stepping(self, t: float | None) -> None:
+        """The step detector saw a step-like impact at ``t`` that it has not confirmed (yet).
+
+        Holds the current value through the few seconds in which the detector re-forms a walk
+        whose rhythm changed abruptly (run → walk); :data:`STOP_AFTER_S` after the last
+        *confirmed* step still ends it.
+        """
+        if t is not None and (self._stepping is None or t > self._stepping):
+            self._stepping = t
+
     def add_rsc(self, t: float, cadence_spm: float) -> None:
         """Record a foot-pod cadence (steps per minute, as the RSC profile reports it)."""
         if np.isfinite(cadence_spm) and cadence_spm >= 0:
@@ -107,9 +122,11 @@ class CadenceEstimator:
         interval, last = self._interval, self._last
         if interval is None or last is None:
             return 0.0
-        since = now - last
-        if since > self._stop_after:
+        if now - last > self._stop_after:
             return 0.0
+        if self._stepping is not None and self._stepping > last:
+            last = self._stepping  # still stepping, only not confirmed yet
+        since = now - last
         hold = interval + LATENCY_S
         if since <= hold:
             return 1.0 / interval

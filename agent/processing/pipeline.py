@@ -80,6 +80,11 @@ class StepDetectorLike(Protocol):
         """Forget state."""
         ...
 
+    @property
+    def last_strong_peak(self) -> float | None:
+        """Latest step-like impact not necessarily confirmed as a step (for cadence hold)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ProcessingConfig:
@@ -271,6 +276,7 @@ class Processor:
         steps = np.asarray(self._detector.feed(t, xyz), dtype=np.float64)
         self._vectors(DataType.ACCELERATION, *self._acc_dec.feed(t, xyz), out)
         self._on_steps(steps, out)
+        self._cadence.note_stepping(self._detector.last_strong_peak)
         self._floors.note_time(end)
         self._credit_floors(self._floors.process(), out)
         self._derived(end, out)

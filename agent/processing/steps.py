@@ -277,6 +277,7 @@ class StepDetector:
         self._lead: deque[tuple[float, float]] = deque(maxlen=max(1, self.config.initiation_steps))
         self._prev_walk: tuple[float, float] | None = None  # (end, median prominence)
         self._last_step: float | None = None
+        self._last_strong: float | None = None  # latest peak as strong as the walk's steps
         self._intervals: deque[float] = deque(maxlen=8)
         self._period = 0.55
 
@@ -296,6 +297,16 @@ class StepDetector:
         if not self._walking or not self._intervals:
             return 0.0
         return 1.0 / float(np.median(np.asarray(self._intervals)))
+
+    @property
+    def last_strong_peak(self) -> float | None:
+        """Time of the latest peak (counted or not yet) as strong as the current walk's steps.
+
+        While the bout gate re-forms a walk whose rhythm broke (breaking from a run into a
+        walk), no step is confirmed for a few seconds although the walker never stopped; this
+        tells the cadence estimator so (weak peaks, e.g. a bag swinging after a stop, do not).
+        """
+        return self._last_strong
 
     def cadence_at(self, t: float) -> float:
         """Cadence at time ``t``: decays to 0 once no step has been seen for a bout time-out."""
@@ -445,6 +456,8 @@ class StepDetector:
     def _commit(self, ts: float, prom: float, out: list[float]) -> None:
         """Walking-bout gate: count a step directly while walking, else buffer the train."""
         cfg = self.config
+        if self._proms and prom >= cfg.min_step_ratio * float(np.median(np.asarray(self._proms))):
+            self._last_strong = ts
         if self._walking and self._last_step is not None:
             iv = ts - self._last_step
             weak = prom < cfg.min_step_ratio * float(np.median(np.asarray(self._proms)))

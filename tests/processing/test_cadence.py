@@ -74,3 +74,21 @@ def test_stops_by_the_upper_bound_even_for_very_slow_steps() -> None:
     s = steps(T0, 10, 0.45)  # 2.2 s between steps
     c.add_steps(s)
     assert c.value(float(s[-1]) + STOP_AFTER_S + 0.01) == 0.0
+
+
+def test_unconfirmed_stepping_holds_the_value_but_not_past_the_stop_bound() -> None:
+    """Run → walk: the detector re-forms the walk for a few seconds; cadence must not dip."""
+    c = CadenceEstimator()
+    s = steps(T0, 30, 3.0)
+    c.add_steps(s)
+    last = float(s[-1])
+    hold = 1 / 3.0 + LATENCY_S
+    assert c.value(last + hold + DECAY_S) == 0.0  # without news it would have decayed
+    for k in range(1, 6):  # strong impacts every 0.55 s, not confirmed as steps yet
+        c.note_stepping(last + 0.55 * k)
+    c.note_stepping(None)  # (a detector with nothing to say)
+    assert abs(c.value(last + hold + DECAY_S) - 3.0) < 1e-5
+    assert abs(c.value(last + 0.55 * 5 + hold - 0.01) - 3.0) < 1e-5
+    assert c.value(last + STOP_AFTER_S + 0.01) == 0.0  # the last *confirmed* step still rules
+    c.add_steps(last + 0.55 * np.arange(1, 6, dtype=np.float64))  # walk confirmed
+    assert abs(c.value(last + 0.55 * 5) - 1 / 0.55) < 0.2

@@ -66,6 +66,10 @@ class ScriptedDetector:
     def reset(self) -> None:
         self.k = 0
 
+    @property
+    def last_strong_peak(self) -> float | None:
+        return None
+
 
 def live(
     proc: Processor, t: np.ndarray, xyz: np.ndarray, *, gyro: bool = False, hr: bool = False,

@@ -7,6 +7,8 @@ a strap, and its accumulated outputs must match what really happened.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -81,3 +83,30 @@ def test_distance_within_five_percent_after_calibration() -> None:
     distance = last[DataType.DISTANCE].val
     assert distance is not None
     assert abs(distance - truth.distance_m) <= 0.05 * truth.distance_m, (distance, truth.distance_m)
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_cadence_never_drops_to_zero_between_a_run_and_a_walk(seed: int) -> None:
+    """Breaking from a run into a walk re-forms the walk in the step detector (a few seconds
+    without confirmed steps); STEPS_CADENCE must go from the run's rate to the walk's, not via 0,
+    and still reach 0 within a few seconds of the final stop."""
+    schedule = (Segment(Activity.REST, 20.0), Segment(Activity.RUN, 60.0),
+                Segment(Activity.WALK, 60.0), Segment(Activity.REST, 20.0))
+    rec = simulate(SimulationConfig(seed=seed, acc_rate_hz=100.0, gyro_rate_hz=None,
+                                    schedule=schedule), 160.0)
+    proc = Processor(ProcessingConfig(totals_reset="never", acc_submit_hz=0, gyro_submit_hz=0))
+    cadence: list[tuple[float, float]] = []
+    next_tick: float | None = None
+    for sample in rec.samples(block_s=0.2):
+        end = float(np.asarray(sample.t).reshape(-1)[-1])
+        if next_tick is None:
+            next_tick = math.floor(end) + 1.0
+        while next_tick <= end:
+            proc.tick(next_tick)
+            cadence.append((next_tick - rec.start_t, proc.snapshot()["cadence_sps"]))
+            next_tick += 1.0
+        proc.feed(sample)
+    moving = [c for t, c in cadence if 30.0 <= t <= 139.0]
+    assert min(moving) > 1.4, moving  # walking is ≥ 1.6 steps/s in the simulator
+    stopped = [c for t, c in cadence if t >= 145.0]
+    assert stopped and max(stopped) == 0.0
