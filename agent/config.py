@@ -168,7 +168,8 @@ class ProcessingSection:
     """On-device processing parameters."""
 
     height_m: float = field(default=1.75, metadata={"ge": 0.5, "le": 2.6})
-    step_length_factor: float = field(default=1.0, metadata={"gt": 0, "le": 3.0})
+    # 0.2–3: the range the step-length model accepts (agent/processing/distance.py allows 5)
+    step_length_factor: float = field(default=1.0, metadata={"ge": 0.2, "le": 3.0})
     acc_submit_hz: float = field(default=4.0, metadata={"ge": 0, "le": 200.0})
     gyro_submit_hz: float = field(default=4.0, metadata={"ge": 0, "le": 200.0})
     totals_reset: Literal["daily", "never", "session"] = "daily"

@@ -39,6 +39,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import os
 import sys
 import tempfile
 import time
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.config import ConfigError, load_config
 
     try:
-        section = load_config(args.config).processing
+        section = load_config(args.config, env=_config_env()).processing
     except ConfigError as exc:
         print(f"agent replay: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -169,13 +170,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from agent.processing.pipeline import ProcessingConfig
 
-    config = ProcessingConfig(
-        height_m=height,
-        step_length_factor=section.step_length_factor,
-        acc_submit_hz=section.acc_submit_hz,
-        gyro_submit_hz=section.gyro_submit_hz,
-        totals_reset="never",
-    )
+    try:
+        config = ProcessingConfig(
+            height_m=height,
+            step_length_factor=section.step_length_factor,
+            acc_submit_hz=section.acc_submit_hz,
+            gyro_submit_hz=section.gyro_submit_hz,
+            totals_reset="never",
+        )
+    except ValueError as exc:  # (the config's own ranges should already exclude this)
+        print(f"agent replay: config error: processing: {exc}", file=sys.stderr)
+        return EX_CONFIG
     stats = ReplayStats()
     readings = replay_readings(rec, config, realtime=args.realtime, stats=stats)
     if args.server:
@@ -189,6 +194,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 # -- loading ---------------------------------------------------------------------------------
+
+
+def _config_env() -> dict[str, str]:
+    """The environment for loading the config outside the service.
+
+    Replay needs only ``[processing]``, but the loader validates the whole file, and the README's
+    production config names secrets as ``cred:NAME`` (systemd credentials), which only resolve
+    with ``$CREDENTIALS_DIRECTORY`` set. As ``agent check-config`` does, point it at the service's
+    credentials directory; replay never reads those files.
+    """
+    from agent.check_config import SERVICE_CREDENTIALS_DIR
+
+    env = dict(os.environ)
+    env.setdefault("CREDENTIALS_DIRECTORY", SERVICE_CREDENTIALS_DIR)
+    return env
+
 
 
 def load(directory: Path) -> Recording:

@@ -6,7 +6,8 @@ format serves field data collection (``agent run --record``), replay and the acc
 so the reader is strict about structure (clear :class:`RecordingError` naming file and line) but
 fast: each file is decompressed in one call, numeric streams are parsed with
 :func:`numpy.loadtxt` on the whole text, and only on failure re-scanned row by row to point at the
-offending line. Every stream must have strictly increasing timestamps.
+offending line. Rows whose timestamp is not after an earlier row's are dropped with a warning
+(a host clock set back while recording), never silently.
 
 The one thing the reader forgives is an abrupt end. Field boards lose power and agents get
 SIGKILLed, which leaves a gzip stream without its end-of-stream marker and possibly a half-written
@@ -160,6 +161,8 @@ def _read_body(path: Path, stem: str, parse_row: Callable[[list[str]], object]) 
             raise RecordingError(f"{path}: unreadable (not gzip or corrupt: {exc})") from exc
     else:
         data, truncated = raw, False
+    if b"\n" not in data and b"\r" in data:
+        data = data.replace(b"\r", b"\n")  # classic Mac line endings (CR only)
     cut = data.rfind(b"\n") + 1
     try:
         text = data[:cut].decode("utf-8")
@@ -216,24 +219,39 @@ def _check_header(path: Path, line: str, stem: str) -> None:
         )
 
 
-def _check_times(path: Path, t: FloatArray, lines: Sequence[int] | None = None) -> None:
-    """Reject non-finite or non-increasing timestamps; ``lines`` maps row index to line number.
+def _data_lines(body: str) -> list[int]:
+    """Line numbers (header = 1) of the data rows of ``body``: blank and ``#`` lines skipped."""
+    return [
+        n
+        for n, line in enumerate(body.split("\n"), start=2)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
-    Without ``lines`` row ``i`` is taken to be on line ``i + 2`` (no blank lines).
+
+def _in_time_order(
+    path: Path, t: FloatArray, warnings: list[str], lines: Callable[[], Sequence[int]]
+) -> NDArray[np.bool_]:
+    """Rows to keep: each must be later than every row before it.
+
+    A non-finite timestamp is corrupt data (an error naming the line). A timestamp that is not
+    after an earlier one is what a clock set back (NTP correcting a board without a battery-backed
+    clock) leaves behind: those rows are dropped with a warning instead of making the whole
+    session unreadable. ``lines`` maps row index to line number; it is only built when needed.
     """
-
-    def line(i: int) -> int:
-        return lines[i] if lines is not None else i + 2
-
     if not np.all(np.isfinite(t)):
         bad = int(np.flatnonzero(~np.isfinite(t))[0])
-        raise RecordingError(f"{path}:{line(bad)}: non-finite timestamp")
-    back = np.flatnonzero(np.diff(t) <= 0)
-    if back.size:
-        i = int(back[0]) + 1
-        raise RecordingError(
-            f"{path}:{line(i)}: timestamp {t[i]:.6f} is not after the previous one {t[i - 1]:.6f}"
+        raise RecordingError(f"{path}:{lines()[bad]}: non-finite timestamp")
+    if t.size < 2:
+        return np.ones(t.size, dtype=bool)
+    keep = np.concatenate(([True], t[1:] > np.maximum.accumulate(t[:-1])))
+    if not keep.all():
+        first = int(np.flatnonzero(~keep)[0])
+        warnings.append(
+            f"{path}:{lines()[first]}: {int((~keep).sum())} rows not later than an earlier row "
+            f"were dropped (first: {t[first]:.6f} after {float(np.max(t[:first])):.6f}; was "
+            "the clock set back?)"
         )
+    return keep
 
 
 def _numeric_row(ncols: int) -> Callable[[list[str]], list[float]]:
@@ -274,7 +292,12 @@ def _load_numeric(path: Path, stem: str, warnings: list[str]) -> FloatArray:
             raise RecordingError(_locate_bad_row(path, body.text, ncols)) from exc
         if data.shape[1] != ncols:
             raise RecordingError(f"{path}:2: expected {ncols} columns, got {data.shape[1]}")
-        _check_times(path, data[:, 0])
+        rows = data.shape[0]
+        keep = _in_time_order(path, data[:, 0], warnings, lambda: _data_lines(body.text))
+        if not keep.all():
+            data = data[keep]
+        _finish(body, rows, warnings)
+        return data
     _finish(body, data.shape[0], warnings)
     return data
 
@@ -298,9 +321,11 @@ def _load_hr(path: Path, warnings: list[str]) -> tuple[HrRow, ...]:
         except ValueError as exc:
             raise RecordingError(f"{path}:{lineno}: {exc}") from exc
         lines.append(lineno)
-    _check_times(path, np.array([r[0] for r in rows], dtype=np.float64), lines)
+    keep = _in_time_order(
+        path, np.array([r[0] for r in rows], dtype=np.float64), warnings, lambda: lines
+    )
     _finish(body, len(rows), warnings)
-    return tuple(rows)
+    return tuple(r for r, k in zip(rows, keep.tolist(), strict=True) if k)
 
 
 def _rsc_row(row: list[str]) -> list[float]:
@@ -324,7 +349,7 @@ def _load_rsc(path: Path, warnings: list[str]) -> dict[str, FloatArray]:
             raise RecordingError(f"{path}:{lineno}: {exc}") from exc
         lines.append(lineno)
     data = np.array(rows, dtype=np.float64).reshape(-1, len(names))
-    _check_times(path, data[:, 0], lines)
+    data = data[_in_time_order(path, data[:, 0], warnings, lambda: lines)]
     _finish(body, len(rows), warnings)
     return {n: data[:, i].copy() for i, n in enumerate(names)}
 

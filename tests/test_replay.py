@@ -228,9 +228,10 @@ def test_config_processing_settings_apply_to_replay(
 def test_bad_config_is_exit_78(recording: Path, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "agent.toml"
-    cfg.write_text("[processing]\nstep_length_factor = -1\n")
-    assert main(["replay", str(recording), "--config", str(cfg)]) == 78
-    assert "step_length_factor" in capsys.readouterr().err
+    for bad in ("-1", "0.1"):  # 0.1: once accepted by the config, refused by the model
+        cfg.write_text(f"[processing]\nstep_length_factor = {bad}\n")
+        assert main(["replay", str(recording), "--config", str(cfg)]) == 78
+        assert "step_length_factor" in capsys.readouterr().err
 
 
 def test_summary_duration_spans_the_whole_recording(
@@ -279,3 +280,14 @@ def test_calibrate_prints_the_step_length_factor(
     out = capsys.readouterr().out
     expected = calibrate_from_recording(recording, 30.0, height_m=1.8)
     assert out.startswith(f"step_length_factor = {expected:.4f}")
+
+
+def test_production_config_with_systemd_credentials_works_outside_the_service(
+    recording: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's board config names secrets as cred:NAME; replay needs only [processing]."""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[uplink]\nserver = "wss://ws.tryterra.co/connect"\ntoken_file = "cred:token"\n'
+                   "[processing]\nstep_length_factor = 1.1\n")
+    assert main(["replay", str(recording), "--config", str(cfg)]) == 0
+    assert "step_length_factor 1.1" in capsys.readouterr().out

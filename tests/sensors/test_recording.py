@@ -134,7 +134,7 @@ def test_plain_csv_is_accepted(tmp_path: Path) -> None:
         ("t,a,b,c\n1,0,0,0\n", "acc.csv.gz:1: header"),
         ("t,x,y,z\n1,0,0,0\n2,0,zz,0\n", "acc.csv.gz:3: non-numeric"),
         ("t,x,y,z\n1,0,0,0\n2,0,0\n", "acc.csv.gz:3: expected 4 columns"),
-        ("t,x,y,z\n1,0,0,0\n2,0,0,0\n1.5,0,0,0\n", "acc.csv.gz:4: timestamp"),
+        ("t,x,y,z\n1,0,0,0\nnan,0,0,0\n", "acc.csv.gz:3: non-finite timestamp"),
     ],
 )
 def test_bad_numeric_stream_names_file_and_line(tmp_path: Path, text: str, needle: str) -> None:
@@ -379,42 +379,52 @@ def test_concatenated_and_zero_padded_gzip_members_are_read(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    ("name", "text", "needle"),
+    ("name", "text", "kept", "needle"),
     [
-        (
-            "hr.csv.gz",
-            "t,bpm,rr\n1,60,1000\n2,61,\n1.5,62,990 1010\n",
-            "hr.csv.gz:4: timestamp 1.500000 is not after the previous one 2.000000",
-        ),
-        (
-            "hr.csv",
-            "t,bpm,rr\n1,60,\n\n2,61,\n2,62,\n",
-            "hr.csv:5: timestamp 2.000000 is not after the previous one 2.000000",
-        ),
-        ("hr.csv", "t,bpm,rr\n1,60,\nnan,61,\n", "hr.csv:3: non-finite timestamp"),
-        (
-            "rsc.csv.gz",
-            "t,speed_mps,cadence_spm,stride_m,total_m\n1,1,160,,\n2,1,160,,\n1.5,1,160,1.2,3\n",
-            "rsc.csv.gz:4: timestamp 1.500000 is not after the previous one 2.000000",
-        ),
-        (
-            "rsc.csv",
-            "t,speed_mps,cadence_spm,stride_m,total_m\n,1,160,,\n",
-            "rsc.csv:2: non-finite timestamp",
-        ),
-        (
-            "pressure.csv.gz",
-            "t,hpa\n1,1000\n2,1000\n1.5,1000\n",
-            "pressure.csv.gz:4: timestamp 1.500000 is not after the previous one 2.000000",
-        ),
-        (
-            "gyro.csv",
-            "t,x,y,z\n1,0,0,0\n1,0,0,0\n",
-            "gyro.csv:3: timestamp 1.000000 is not after the previous one 1.000000",
-        ),
+        ("hr.csv.gz", "t,bpm,rr\n1,60,1000\n2,61,\n1.5,62,990 1010\n3,63,\n", [1, 2, 3],
+         "hr.csv.gz:4: 1 rows not later than an earlier row were dropped (first: 1.500000 "
+         "after 2.000000"),
+        ("hr.csv", "t,bpm,rr\n1,60,\n\n2,61,\n2,62,\n", [1, 2], "hr.csv:5: 1 rows"),
+        ("rsc.csv.gz",
+         "t,speed_mps,cadence_spm,stride_m,total_m\n1,1,160,,\n2,1,160,,\n1.5,1,160,1.2,3\n",
+         [1, 2], "rsc.csv.gz:4: 1 rows"),
+        ("pressure.csv.gz", "t,hpa\n1,1000\n2,1000\n1.5,1000\n1.8,1000\n2.5,1000\n",
+         [1, 2, 2.5], "pressure.csv.gz:4: 2 rows"),
+        ("gyro.csv", "t,x,y,z\n1,0,0,0\n# a comment\n\n1,0,0,0\n3,0,0,0\n", [1, 3],
+         "gyro.csv:5: 1 rows"),
+        ("acc.csv", "t,x,y,z\r1,0,0,0\r0.5,0,0,0\r2,0,0,0\r", [1, 2], "acc.csv:3: 1 rows"),
     ],
 )
-def test_every_stream_rejects_timestamps_out_of_order(
+def test_rows_going_back_in_time_are_dropped_with_a_warning(
+    tmp_path: Path, name: str, text: str, kept: list[float], needle: str
+) -> None:
+    """A clock set back while recording must not make the whole session unreadable."""
+    _write(tmp_path, name, text)
+    rec = read_recording(tmp_path)
+    stem = name.split(".")[0]
+    if stem == "hr":
+        times = [r[0] for r in rec.hr or ()]
+    elif stem == "rsc":
+        assert rec.rsc is not None
+        times = rec.rsc["t"].tolist()
+    else:
+        arr = {"acc": rec.acc_t, "gyro": rec.gyro_t, "pressure": rec.pressure_t}[stem]
+        assert arr is not None
+        times = arr.tolist()
+    assert times == kept
+    assert any(needle in w for w in rec.warnings), rec.warnings
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("hr.csv", "t,bpm,rr\n1,60,\nnan,61,\n", "hr.csv:3: non-finite timestamp"),
+        ("rsc.csv", "t,speed_mps,cadence_spm,stride_m,total_m\n,1,160,,\n",
+         "rsc.csv:2: non-finite timestamp"),
+        ("gyro.csv", "t,x,y,z\n1,0,0,0\n\n# c\ninf,0,0,0\n", "gyro.csv:5: non-finite"),
+    ],
+)
+def test_non_finite_timestamps_are_errors(
     tmp_path: Path, name: str, text: str, needle: str
 ) -> None:
     _write(tmp_path, name, text)
