@@ -400,7 +400,17 @@ class Daemon:
     def _open_recorder(self, root: Path) -> None:
         from sensors.recording import RecordingWriter
 
-        directory = _new_session_dir(Path(root), datetime.now().strftime("%Y%m%dT%H%M%S"))
+        try:
+            directory = _new_session_dir(Path(root), datetime.now().strftime("%Y%m%dT%H%M%S"))
+        except OSError as exc:
+            from agent.config import ConfigError
+
+            # a study that asked for a recording must not run without one: stop (exit 78)
+            raise ConfigError(
+                "recording.dir",
+                f"cannot create a session directory in {root}: {exc.strerror or exc}; under "
+                "systemd keep it inside /var/lib/wearable-agent or add ReadWritePaths=",
+            ) from None
         meta = {
             "format": "agent-recording/1",
             "source": "agent run" + (" --simulate" if self.config.sensors.simulate else ""),

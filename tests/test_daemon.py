@@ -266,3 +266,16 @@ def test_two_sessions_in_the_same_second_get_their_own_recording(tmp_path: Path)
     assert [p.name for p in (a, b, c)] == ["20261127T234910", "20261127T234910-2",
                                            "20261127T234910-3"]
     assert all(p.is_dir() for p in (a, b, c))
+
+
+def test_record_dir_that_cannot_be_created_stops_with_78(tmp_path: Path) -> None:
+    """A study asked for a recording: running without one would lose it silently."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--simulate", "--quiet", "--duration", "5",
+         "--record", str(blocker / "rec"), "--state-dir", str(tmp_path / "state")],
+        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 78, result.stderr
+    assert "recording.dir" in result.stderr and "Traceback" not in result.stderr
