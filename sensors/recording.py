@@ -500,8 +500,14 @@ class RecordingWriter:
                 )
                 self._stream(stem).write(buf.getvalue())
         elif isinstance(sample, HeartRateSample):
-            rr = " ".join(f"{v:g}" for v in sample.rr_ms)
-            self._stream("hr").write(f"{sample.t:.6f},{sample.bpm:g},{rr}\n")
+            if sample.contact is False:
+                # no skin contact: whatever the strap sent is not a heart rate. The format has no
+                # contact column; bpm 0 without RR keeps the gap visible and replays exactly as
+                # live processing treats the notification (dropped).
+                self._stream("hr").write(f"{sample.t:.6f},0,\n")
+            else:
+                rr = " ".join(f"{v:g}" for v in sample.rr_ms)
+                self._stream("hr").write(f"{sample.t:.6f},{sample.bpm:g},{rr}\n")
         elif isinstance(sample, PressureSample):
             self._stream("pressure").write(f"{sample.t:.6f},{sample.hpa!r}\n")
         elif isinstance(sample, RscSample):

@@ -6,7 +6,7 @@ A chest strap reports, per notification, a device-computed bpm and the RR interv
 beats it saw. Artifacts (motion, dry electrodes) and ectopic beats show up as RR intervals that
 are physiologically impossible or far from their neighbours, so rejection works on RR:
 
-1. outside 300–2000 ms (200–30 bpm) → rejected;
+1. outside 250–2000 ms (240–30 bpm) → rejected;
 2. more than :data:`MAX_DEVIATION` (22 %) away from the running median of the last
    :data:`MEDIAN_BEATS` accepted intervals → rejected. A premature (ectopic) beat and its
    compensatory pause are each ~20–40 % off the median, so both go, while beat-to-beat variability
@@ -33,8 +33,8 @@ import numpy as np
 
 from sensors.base import HeartRateSample
 
-#: Physiological RR bounds (ms): 200 bpm and 30 bpm.
-RR_MIN_MS: Final = 300.0
+#: Physiological RR bounds (ms): 240 bpm and 30 bpm (young athletes exceed 200 bpm at maximum).
+RR_MIN_MS: Final = 250.0
 RR_MAX_MS: Final = 2000.0
 #: Relative deviation from the running median beyond which a beat is an artifact/ectopic.
 MAX_DEVIATION: Final = 0.22
@@ -98,8 +98,8 @@ class HeartRateFilter:
 
     def feed(self, sample: HeartRateSample) -> float | None:
         """Clean one notification; returns bpm to report at ``sample.t`` or ``None``."""
-        if sample.contact is False:
-            return None
+        if sample.contact is False or (not sample.rr_ms and sample.bpm <= 0):
+            return None  # no contact (a recording stores that as bpm 0 without RR)
         t = sample.t
         if self._last_t is not None and (t - self._last_t > RESET_GAP_S or t < self._last_t):
             self.reset()
@@ -116,7 +116,6 @@ class HeartRateFilter:
             return None
         if not (BPM_MIN <= sample.bpm <= BPM_MAX):
             return None
-        # (RR bounds still apply: beyond 200 bpm a device value is as implausible as an RR)
         self._beat(t, 60000.0 / sample.bpm)
         if self._recent and self._recent[-1][0] == t:
             return self._smoothed(t)

@@ -101,3 +101,17 @@ def test_device_bpm_without_rr_gets_the_same_artifact_rejection() -> None:
     settled = [t - (T0 + 31) for t, v in out if t >= T0 + 31 and abs(v - 100.0) < 3.0]
     assert settled and settled[0] <= 6.0  # re-locked within a few seconds
     assert f.rejected >= 1
+
+
+def test_maximal_heart_rate_above_200_is_followed() -> None:
+    """Young athletes reach 205-210 bpm; a ramp there must not vanish."""
+    rr = list(60000.0 / np.linspace(180.0, 210.0, 400))
+    out = run(HeartRateFilter(), notifications(rr))
+    assert out[-1][1] == pytest.approx(210.0, abs=3.0)
+
+
+def test_no_contact_stored_as_bpm_zero_is_dropped_like_live() -> None:
+    f = HeartRateFilter()
+    assert f.feed(HeartRateSample(T0, 0.0, ())) is None
+    assert f.feed(HeartRateSample(T0 + 1, 72.0, (), contact=False)) is None
+    assert f.feed(HeartRateSample(T0 + 2, 72.0)) == pytest.approx(72.0)

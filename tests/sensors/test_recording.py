@@ -55,6 +55,7 @@ def test_round_trip_every_stream(tmp_path: Path) -> None:
         w.write(GyroBlock(t, gyr))
         w.write(HeartRateSample(T0, 72.0, (810.5, 790.0)))
         w.write(HeartRateSample(T0 + 1, 73.0))
+        w.write(HeartRateSample(T0 + 2, 71.0, (845.0,), contact=False))  # stored as bpm 0
         w.write(PressureSample(T0, 1013.25))
         w.write(RscSample(T0, 1.4, 110.0, 1.2, 35.5))
         w.write(RscSample(T0 + 1, 1.5, 112.0))
@@ -77,6 +78,7 @@ def test_round_trip_every_stream(tmp_path: Path) -> None:
     assert r.hr is not None
     assert r.hr[0][1:] == (72.0, (810.5, 790.0))
     assert r.hr[1][1:] == (73.0, ())
+    assert r.hr[2][1:] == (0.0, ())  # no skin contact: no heart rate, like live processing
     assert r.hr[0][0] == pytest.approx(T0, abs=1e-6)
     assert r.pressure_hpa is not None and r.pressure_hpa.tolist() == [1013.25]
     assert r.rsc is not None
