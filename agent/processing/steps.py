@@ -103,7 +103,8 @@ class StepDetectorConfig:
         rel_prominence: a peak must stand out by this fraction of the running RMS amplitude...
         min_prominence: ...and by at least this much in m/s² (rest and handling noise stay below).
         amp_tau_s: time constant of the running RMS amplitude (a few steps).
-        min_interval_s: absolute minimum step interval (3.5 steps/s is beyond a sprint cadence).
+        min_interval_s: absolute minimum step interval: 4.5 steps/s, a sprinter's cadence (fast
+            runners reach 3.3-3.6 steps/s; with 0.28 s, counting collapsed above 3.4 steps/s).
         refractory_frac: minimum interval as a fraction of the current step period...
         max_refractory_s: ...but never more than this: the double bump of one step (heel strike,
             push-off) lies well within half a second, and a longer lock-out would let a detector
@@ -147,7 +148,7 @@ class StepDetectorConfig:
     rel_prominence: float = 0.3
     min_prominence: float = 0.3
     amp_tau_s: float = 3.0
-    min_interval_s: float = 0.28
+    min_interval_s: float = 0.22
     refractory_frac: float = 0.6
     max_refractory_s: float = 0.45
     max_interval_s: float = 2.0
@@ -159,6 +160,7 @@ class StepDetectorConfig:
     walk_memory_s: float = 10.0
     initiation_steps: int = 2
     initiation_ratio: float = 0.2
+    slower_gait_ratio: float = 1.3
 
 
 def _strides_regular(times: FloatArray, tolerance: float) -> bool:
@@ -193,6 +195,22 @@ def local_maxima(y: FloatArray) -> NDArray[np.intp]:
     vals = y[starts]
     r = np.flatnonzero((vals[1:-1] > vals[:-2]) & (vals[1:-1] > vals[2:])) + 1
     return ((starts[r] + ends[r]) // 2).astype(np.intp)
+
+
+def _parabolic_offset(y: FloatArray, peaks: NDArray[np.intp]) -> FloatArray:
+    """Sub-sample position of each peak (in samples, within ±0.5) from a parabola through it.
+
+    Step times on the bare 50 Hz grid are quantised to 20 ms: at 1.8 steps/s the median of a few
+    intervals flips between 0.54 and 0.56 s, and cadence and speed with it (±4 %). Fitting a
+    parabola through the peak and its two neighbours puts the time within a few ms.
+    """
+    if peaks.size == 0:
+        return np.zeros(0, dtype=np.float64)
+    ym, y0, yp = y[peaks - 1], y[peaks], y[peaks + 1]
+    den = ym - 2.0 * y0 + yp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        off = np.where(den < 0, 0.5 * (ym - yp) / den, 0.0)
+    return np.asarray(np.clip(off, -0.5, 0.5), dtype=np.float64)
 
 
 @functools.cache
@@ -275,11 +293,13 @@ class StepDetector:
         self._held: list[tuple[float, float]] = []  # weak in-rhythm peaks awaiting a strong one
         # weak peaks dropped from the front of the train: maybe the first steps of a walk
         self._lead: deque[tuple[float, float]] = deque(maxlen=max(1, self.config.initiation_steps))
-        self._prev_walk: tuple[float, float] | None = None  # (end, median prominence)
+        # (end, median step prominence, step period) of the walk that ended last
+        self._prev_walk: tuple[float, float, float] | None = None
         self._last_step: float | None = None
         self._last_strong: float | None = None  # latest peak as strong as the walk's steps
         self._intervals: deque[float] = deque(maxlen=8)
         self._period = 0.55
+        self._fine: dict[float, float] = {}  # grid time of a candidate peak -> refined time
 
     def _reset_segment(self) -> None:
         self._anchor: float | None = None  # time of grid index 0 of this segment
@@ -343,7 +363,7 @@ class StepDetector:
                 self._settle(math.inf, out)
                 self._reset_segment()
             self._segment(t[s:e], m[s:e], out)
-        return np.asarray(out, dtype=np.float64)
+        return self._refined(out, float(t[-1]))
 
     def flush(self) -> FloatArray:
         """End of stream: judge every buffered peak and count a pending bout if it qualifies."""
@@ -354,7 +374,19 @@ class StepDetector:
             self._commit(*self._pending, out)
             self._pending = None
         self._reset_segment()
-        return np.asarray(out, dtype=np.float64)
+        return self._refined(out, math.inf)
+
+    def _refined(self, out: list[float], now: float) -> FloatArray:
+        """Reported times of the confirmed steps; forget refinements no peak can still need."""
+        fine = self._fine
+        times = np.asarray([fine.pop(t, t) for t in out], dtype=np.float64)
+        if len(fine) > 64:  # candidates judged and dropped long ago (bounded memory)
+            cfg = self.config
+            oldest = cfg.bout_min_steps + cfg.initiation_steps + 2  # peaks a decision may hold
+            horizon = now - oldest * cfg.max_interval_s - cfg.settle_s
+            for t in [t for t in fine if t < horizon]:
+                del fine[t]
+        return times
 
     # ------------------------------------------------------------------ stages
     def _segment(self, t: FloatArray, m: FloatArray, out: list[float]) -> None:
@@ -412,8 +444,13 @@ class StepDetector:
         prom = peak_prominences(y, pk, self._wlen)
         good = prom >= self._buf_thr[pk]
         delay = self._delay_s
-        for p, pr in zip(pk[good].tolist(), prom[good].tolist(), strict=True):
+        pk, prom = pk[good], prom[good]
+        frac = _parabolic_offset(y, pk)
+        for p, f, pr in zip(pk.tolist(), frac.tolist(), prom.tolist(), strict=True):
             tp = self._anchor + (p + self._buf_k0) * self._dt - delay
+            # decisions run on grid times (they are what the thresholds were chosen for); only
+            # the reported time is refined (see _parabolic_offset)
+            self._fine[tp] = tp + f * self._dt
             self._refractory(tp, pr, out)
         if math.isinf(k_horizon):
             self._k_done = self._buf_k0 + y.size - 1
@@ -481,7 +518,9 @@ class StepDetector:
             self._walking = False
             self._held = []
             self._bout = []
-            self._prev_walk = (self._last_step, float(np.median(np.asarray(self._proms))))
+            self._prev_walk = (
+                self._last_step, float(np.median(np.asarray(self._proms))), self._period
+            )
         if self._bout and ts - self._bout[-1][0] > cfg.max_interval_s:
             self._bout = []
             self._lead.clear()
@@ -503,7 +542,7 @@ class StepDetector:
                 cfg.min_interval_s <= med <= cfg.max_interval_s
                 and float(np.max(np.abs(ivs / med - 1.0))) <= cfg.rhythm_tolerance
                 and _strides_regular(times, cfg.stride_tolerance)
-                and not self._after_walk_and_weak(float(times[0]), train_prom)
+                and not self._after_walk_and_weak(float(times[0]), train_prom, med)
             ):
                 self._walking = True
                 self._intervals.clear()
@@ -542,7 +581,7 @@ class StepDetector:
         self._lead.clear()
         return steps[::-1]
 
-    def _after_walk_and_weak(self, t_start: float, train_prom: float) -> bool:
+    def _after_walk_and_weak(self, t_start: float, train_prom: float, period: float) -> bool:
         """True for a weak rhythmic train right after a walk: handling the phone, not walking.
 
         People often stop and then take the phone out of a pocket or bag; that motion can be
@@ -551,8 +590,17 @@ class StepDetector:
         """
         if self._prev_walk is None:
             return False
-        t_end, prom = self._prev_walk
-        if t_start - t_end > self.config.walk_memory_s:
+        cfg = self.config
+        t_end, prom, prev_period = self._prev_walk
+        if t_start - t_end > cfg.walk_memory_s:
+            return False
+        if (
+            period >= cfg.slower_gait_ratio * prev_period
+            and t_start - t_end <= (1 + cfg.rhythm_tolerance) * period
+        ):
+            # no pause, and a markedly slower rhythm: a run slowing into a walk or onto the
+            # stairs, which lands several times softer than the run (impact grows steeply with
+            # speed). Handling the phone comes after a stop.
             return False
         return train_prom < self.config.min_step_ratio * prom
 

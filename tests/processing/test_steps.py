@@ -269,6 +269,36 @@ def test_weak_bump_off_the_rhythm_before_a_walk_is_not_a_step() -> None:
     assert got.min() > walk[0] - 0.3
 
 
+@pytest.mark.parametrize("cadence", [3.3, 3.4, 3.6])
+def test_fast_running_cadence_is_counted(cadence: float) -> None:
+    """Fast runners step 3.3-3.6 times a second, sprinters more (it once collapsed at 3.4)."""
+    rng = np.random.default_rng(41)
+    t = T0 + np.arange(0, 60.0, 0.01)
+    xyz, truth = gait(t, cadence, rng, t_on=5.0, t_off=55.0)
+    got = stream(StepDetector(), t, xyz, block=20)
+    assert abs(got.size - truth.size) <= 0.01 * truth.size + 2, (got.size, truth.size)
+
+
+def test_a_run_slowing_straight_into_a_softer_walk_is_counted() -> None:
+    """Impact drops several-fold from a run to a walk; without a pause that is not handling."""
+    rng = np.random.default_rng(43)
+    t = T0 + np.arange(0, 70.0, 0.01)
+    run = T0 + 3.0 + np.arange(0, 30.0, 1 / 2.8)
+    walk = run[-1] + 0.55 * np.arange(1, 55)
+    body = np.zeros((t.size, 3))
+    body[:, 2] = G
+    for c, amp in [(c, 9.0) for c in run.tolist()] + [(c, 2.0) for c in walk.tolist()]:
+        body[:, 2] += amp * np.exp(-0.5 * ((t - c) / 0.06) ** 2)
+    body += rng.normal(scale=0.05, size=body.shape)
+    xyz = np.asarray(body @ _rotation(rng).T, dtype=np.float64)
+    got = stream(StepDetector(), t, xyz, block=50)
+    n_walk = int(np.sum(got > walk[0] - 0.2))
+    assert abs(n_walk - walk.size) <= 2, (n_walk, walk.size)
+    # the stage that tells a change of gait from handling the phone after a stop:
+    strict = StepDetector(StepDetectorConfig(slower_gait_ratio=99.0))
+    assert int(np.sum(stream(strict, t, xyz, block=50) > walk[0] - 0.2)) < walk.size - 10
+
+
 def test_breaking_into_a_run_is_followed_at_once() -> None:
     """Walk at 1.7 steps/s, then run at 3.0: the old refractory interval must not halve the run."""
     rng = np.random.default_rng(23)
