@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -121,8 +122,7 @@ def check(
     stdout = out or sys.stdout
     stderr = err or sys.stderr
     outside_service = not environ.get("CREDENTIALS_DIRECTORY")
-    if outside_service:
-        environ["CREDENTIALS_DIRECTORY"] = SERVICE_CREDENTIALS_DIR
+    environ = with_service_credentials(environ)
     try:
         config = load_config(config_path, env=environ)
     except ConfigError as exc:
@@ -147,6 +147,18 @@ def check(
         return EXIT_CONFIG
     print("configuration ok", file=stderr)
     return 0
+
+
+def with_service_credentials(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with ``$CREDENTIALS_DIRECTORY`` pointing at the service's, unless already set.
+
+    Outside the service, ``cred:NAME`` secrets in the config only resolve (to the paths the
+    service would see) with it; commands that merely inspect the config use this.
+    """
+    out = dict(env)
+    if not out.get("CREDENTIALS_DIRECTORY"):
+        out["CREDENTIALS_DIRECTORY"] = SERVICE_CREDENTIALS_DIR
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

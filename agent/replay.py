@@ -204,11 +204,9 @@ def _config_env() -> dict[str, str]:
     with ``$CREDENTIALS_DIRECTORY`` set. As ``agent check-config`` does, point it at the service's
     credentials directory; replay never reads those files.
     """
-    from agent.check_config import SERVICE_CREDENTIALS_DIR
+    from agent.check_config import with_service_credentials
 
-    env = dict(os.environ)
-    env.setdefault("CREDENTIALS_DIRECTORY", SERVICE_CREDENTIALS_DIR)
-    return env
+    return with_service_credentials(os.environ)
 
 
 
@@ -311,18 +309,12 @@ def iter_samples(rec: Recording) -> Iterator[SensorSample]:
         yield sample
 
 
-def _end_time(sample: SensorSample) -> float:
+def _span(sample: SensorSample) -> tuple[float, float]:
+    """First and last sample time of a block (the same time twice for a single sample)."""
     t = sample.t
     if isinstance(t, np.ndarray):
-        return float(t[-1])
-    return float(t)
-
-
-def _start_time(sample: SensorSample) -> float:
-    t = sample.t
-    if isinstance(t, np.ndarray):
-        return float(t[0])
-    return float(t)
+        return float(t[0]), float(t[-1])
+    return float(t), float(t)
 
 
 # -- processing ------------------------------------------------------------------------------
@@ -373,8 +365,7 @@ def replay_readings(
             yield heapq.heappop(heap)[2]
 
     for sample in iter_samples(rec):
-        t_end = _end_time(sample)
-        t_start = _start_time(sample)
+        t_start, t_end = _span(sample)
         stats.first_t = t_start if stats.first_t is None else min(stats.first_t, t_start)
         if next_tick is None:
             t0 = t_end

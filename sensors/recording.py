@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeAlias
+from typing import IO, Any, TypeAlias, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -63,6 +63,7 @@ HEADERS: dict[str, tuple[str, ...]] = {
 }
 
 HrRow: TypeAlias = tuple[float, float, tuple[float, ...]]
+_Row = TypeVar("_Row")
 
 #: How many session directories the "this is a --record folder" hint names.
 _SESSIONS_SHOWN = 3
@@ -308,19 +309,27 @@ def _hr_row(row: list[str]) -> HrRow:
     return float(row[0]), float(row[1]), tuple(float(v) for v in row[2].split())
 
 
-def _load_hr(path: Path, warnings: list[str]) -> tuple[HrRow, ...]:
-    """HR rows carry a variable number of RR intervals, so they are parsed row by row (~1 Hz)."""
-    body = _read_body(path, "hr", _hr_row)
-    rows: list[HrRow] = []
+def _parse_rows(
+    path: Path, body: _Body, parse_row: Callable[[list[str]], _Row]
+) -> tuple[list[_Row], list[int]]:
+    """Parse the rows of a small stream one by one; also return each row's line number."""
+    rows: list[_Row] = []
     lines: list[int] = []
     for lineno, row in enumerate(csv.reader(io.StringIO(body.text)), start=2):
         if not row:
             continue
         try:
-            rows.append(_hr_row(row))
+            rows.append(parse_row(row))
         except ValueError as exc:
             raise RecordingError(f"{path}:{lineno}: {exc}") from exc
         lines.append(lineno)
+    return rows, lines
+
+
+def _load_hr(path: Path, warnings: list[str]) -> tuple[HrRow, ...]:
+    """HR rows carry a variable number of RR intervals, so they are parsed row by row (~1 Hz)."""
+    body = _read_body(path, "hr", _hr_row)
+    rows, lines = _parse_rows(path, body, _hr_row)
     keep = _in_time_order(
         path, np.array([r[0] for r in rows], dtype=np.float64), warnings, lambda: lines
     )
@@ -338,16 +347,7 @@ def _load_rsc(path: Path, warnings: list[str]) -> dict[str, FloatArray]:
     """RSC rows may leave stride/total empty (the pod did not report them): read them as NaN."""
     names = HEADERS["rsc"]
     body = _read_body(path, "rsc", _rsc_row)
-    rows: list[list[float]] = []
-    lines: list[int] = []
-    for lineno, row in enumerate(csv.reader(io.StringIO(body.text)), start=2):
-        if not row:
-            continue
-        try:
-            rows.append(_rsc_row(row))
-        except ValueError as exc:
-            raise RecordingError(f"{path}:{lineno}: {exc}") from exc
-        lines.append(lineno)
+    rows, lines = _parse_rows(path, body, _rsc_row)
     data = np.array(rows, dtype=np.float64).reshape(-1, len(names))
     data = data[_in_time_order(path, data[:, 0], warnings, lambda: lines)]
     _finish(body, len(rows), warnings)
